@@ -1,0 +1,182 @@
+"""Configuration as data: one pydantic model for a query's config, one Settings for the server.
+
+Every field carries a default and a one-line help text (with its unit) that feeds the CLI, the OpenAPI
+schema and the README; ``tests/test_config.py`` checks that every field is documented.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from scarches_api.catalogue import atlas_entry
+from scarches_api.errors import ConfigError
+
+ModelName = Literal["scVI", "scANVI", "totalVI"]
+_MODEL_ALIASES = {name.lower(): name for name in ("scVI", "scANVI", "totalVI")}
+
+
+class QueryConfig(BaseModel):
+    """A mapping job's configuration: the original service's keys, merged over these defaults."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    # --- what to map, and where the data lives (S3 keys, s3:// URIs or local paths) ---
+    model: ModelName = Field("scVI", description="Model to map with: scVI, scANVI or totalVI.")
+    atlas: str | None = Field(
+        None,
+        description="Atlas name from the catalogue; its keys (condition, cell type, unlabeled) become the defaults.",
+    )
+    reference_data: str | None = Field(None, description="Key of the reference .h5ad (raw counts).")
+    query_data: str | None = Field(None, description="Key of the query .h5ad (raw counts).")
+    ref_path: str | None = Field(
+        None, description="Key of a pretrained reference model (a model.pt file or a folder holding one)."
+    )
+    output_path: str | None = Field(
+        None, description="Key the per-cell table is written to; .csv gives commas, anything else tabs."
+    )
+    model_path: str | None = Field(
+        None, description="Key the fine-tuned model is written to (a model.pt file, or a folder when no .pt suffix)."
+    )
+    webhook: str | None = Field(None, description="URL that gets a POST with the used configuration when the job ends.")
+    debug: bool = Field(False, description="Log at debug level and keep intermediate files of the job.")
+    async_: bool = Field(False, alias="async", description="Answer at once with a job id and run in the background.")
+
+    # --- data layout ---
+    condition_key: str = Field("study", description="obs column holding the batch (condition) of each cell.")
+    cell_type_key: str = Field("cell_type", description="obs column holding the reference's cell-type labels.")
+    unlabeled_key: str = Field("Unknown", description="Label value meaning 'no label' (used for query cells).")
+    protein_key: str = Field(
+        "protein_expression",
+        description="totalVI: obsm key of protein counts; else var features whose feature_types is 'Antibody Capture'.",
+    )
+    min_gene_overlap: float = Field(
+        0.5, ge=0.0, le=1.0, description="Smallest share (0..1) of reference genes the query must have."
+    )
+
+    # --- architecture (the scArches surgery settings) ---
+    n_layers: int = Field(2, ge=1, description="Hidden layers in encoder and decoder.")
+    n_latent: int = Field(10, ge=2, description="Dimensions of the latent space.")
+    encode_covariates: bool = Field(True, description="Feed the batch to the encoder (needed for surgery).")
+    deeply_inject_covariates: bool = Field(False, description="Feed the batch to every hidden layer.")
+    use_layer_norm: Literal["encoder", "decoder", "none", "both"] = Field(
+        "both", description="Where to use layer normalisation."
+    )
+    use_batch_norm: Literal["encoder", "decoder", "none", "both"] = Field(
+        "none", description="Where to use batch normalisation."
+    )
+
+    # --- training (epochs are full passes over the data) ---
+    scvi_max_epochs: int = Field(400, ge=1, description="Epochs to train the scVI reference model.")
+    scvi_max_epochs_query: int = Field(200, ge=1, description="Epochs to fine-tune scVI on the query.")
+    scanvi_max_epochs: int = Field(20, ge=1, description="Epochs to train the scANVI reference model.")
+    scanvi_max_epochs_query: int = Field(100, ge=1, description="Epochs to fine-tune scANVI on the query.")
+    totalvi_max_epochs_1: int = Field(400, ge=1, description="Epochs to train the totalVI reference model.")
+    totalvi_max_epochs_2: int = Field(200, ge=1, description="Epochs to fine-tune totalVI on the query.")
+    max_epochs: int = Field(100, ge=1, description="Epoch cap kept for the original contract (unused by the models).")
+    batch_size: int = Field(128, ge=8, description="Cells per training minibatch.")
+    early_stopping: bool = Field(False, description="Stop training when the ELBO on held-out cells stops improving.")
+    seed: int = Field(0, description="Random seed for training, label transfer and the embedding.")
+    use_gpu: bool = Field(False, description="Train on a GPU when one is present.")
+    pre_trained_scVI: bool = Field(True, description="Use the scVI model at ref_path when given, else train one.")
+    pre_trained_scANVI: bool = Field(True, description="Use the scANVI model at ref_path when given, else train one.")
+    pre_trained_totalVI: bool = Field(True, description="Use the totalVI model at ref_path when given, else train one.")
+
+    # --- label transfer and embedding ---
+    n_neighbors: int = Field(8, ge=2, description="Neighbours in the graph the 2-D UMAP embedding is built from.")
+    knn_neighbors: int = Field(15, ge=1, description="Reference neighbours voting on a query cell's label (kNN).")
+    unknown_threshold: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="kNN label transfer: a query cell whose uncertainty (0..1) is above this is labelled unlabeled_key.",
+    )
+    unwanted_labels: list[str] = Field(
+        default_factory=lambda: ["leiden"], description="obs columns left out of the result table."
+    )
+    development_mode: bool = Field(
+        False, alias="development-mode", description="Original contract key; accepted and recorded, changes nothing."
+    )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _canonical_model(cls, value: Any) -> Any:
+        # The original matched model names case-insensitively in places ("scvi", "SCANVI").
+        if isinstance(value, str):
+            return _MODEL_ALIASES.get(value.lower(), value)
+        return value
+
+    def used(self) -> dict[str, Any]:
+        """The used configuration, with the original key names (``async``, ``development-mode``)."""
+        return self.model_dump(by_alias=True, mode="json")
+
+    @property
+    def query_epochs(self) -> int:
+        return {
+            "scVI": self.scvi_max_epochs_query,
+            "scANVI": self.scanvi_max_epochs_query,
+            "totalVI": self.totalvi_max_epochs_2,
+        }[self.model]
+
+
+def build_config(user: dict[str, Any] | None = None, **overrides: Any) -> QueryConfig:
+    """Merge a user's config over the atlas entry (if any) and the defaults.
+
+    Raises ConfigError naming the first offending key for unknown keys and wrong types.
+    """
+    if user is not None and not isinstance(user, dict):
+        raise ConfigError("the configuration must be a JSON object, e.g. {\"model\": \"scVI\"}")
+    data: dict[str, Any] = dict(user or {})
+    data.update(overrides)
+    atlas = data.get("atlas")
+    if atlas:
+        for key, value in atlas_entry(atlas).get("config", {}).items():
+            data.setdefault(key, value)
+    try:
+        return QueryConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError.from_validation(exc) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse a CLI ``key=value`` override; the value is read as JSON when it parses, else as a string."""
+    import json
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+class Settings(BaseSettings):
+    """Server settings, read from the environment (the original service's variable names)."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    workers: int = Field(3, alias="WORKERS", description="gunicorn worker processes.")
+    threads: int = Field(8, alias="THREADS", description="Threads per worker.")
+    port: int = Field(8080, alias="PORT", description="TCP port the service listens on.")
+    host: str = Field("0.0.0.0", alias="HOST", description="Address the service binds.")
+    aws_bucket: str | None = Field(None, alias="AWS_BUCKET", description="S3 bucket keys are read from and written to.")
+    aws_endpoint: str | None = Field(None, alias="AWS_ENDPOINT", description="S3 endpoint URL (empty: AWS itself).")
+    aws_access_key: str | None = Field(None, alias="AWS_ACCESS_KEY", description="S3 access key id.")
+    aws_secret_key: str | None = Field(None, alias="AWS_SECRET_KEY", description="S3 secret access key.")
+    data_dir: Path = Field(
+        Path("data/store"),
+        alias="SCARCHES_DATA_DIR",
+        description="Local storage root used when no AWS_BUCKET is set (the embedded default).",
+    )
+    work_dir: Path = Field(
+        Path("/tmp/scarches-api"), alias="SCARCHES_WORK_DIR", description="Scratch space for jobs' downloads."
+    )
+    jobs_db: Path = Field(
+        Path("data/jobs.sqlite"), alias="SCARCHES_JOBS_DB", description="SQLite file holding the job records."
+    )
+    webhook_timeout: float = Field(30.0, alias="SCARCHES_WEBHOOK_TIMEOUT", description="Seconds to wait on a webhook.")

@@ -1,0 +1,33 @@
+"""Writing the per-cell result table; the separator follows the key's extension (.csv comma, else tab)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+
+def separator_for(key: str) -> str:
+    return "," if key.lower().endswith(".csv") else "\t"
+
+
+def write_table(table: pd.DataFrame, path: str | Path, *, key: str | None = None) -> Path:
+    """Write atomically: a reader sees the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            table.to_csv(handle, sep=separator_for(key or path.name), index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_table(path: str | Path, *, key: str | None = None) -> pd.DataFrame:
+    path = Path(path)
+    return pd.read_csv(path, sep=separator_for(key or path.name))
