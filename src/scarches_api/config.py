@@ -88,11 +88,15 @@ class QueryConfig(BaseModel):
     # --- label transfer and embedding ---
     n_neighbors: int = Field(8, ge=2, description="Neighbours in the graph the 2-D UMAP embedding is built from.")
     knn_neighbors: int = Field(15, ge=1, description="Reference neighbours voting on a query cell's label (kNN).")
-    unknown_threshold: float = Field(
-        0.8,
+    unknown_threshold: float | None = Field(
+        None,
         ge=0.0,
         le=1.0,
-        description="kNN label transfer: a query cell whose uncertainty (0..1) is above this is labelled unlabeled_key.",
+        description="A query cell whose label uncertainty (0..1) is above this is labelled unlabeled_key; null: never.",
+    )
+    label_method: Literal["classifier", "knn", "blend"] = Field(
+        "blend",
+        description="scANVI: labels from its classifier, a kNN on the latent space, or the mean of both (scVI/totalVI: kNN).",
     )
     unwanted_labels: list[str] = Field(
         default_factory=lambda: ["leiden"], description="obs columns left out of the result table."

@@ -105,7 +105,7 @@ class SurgeryModel:
     def reference_model(self, reference: ad.AnnData, ref_model_dir: Path | None) -> BaseModelClass:
         """The reference model: a pretrained one when given and allowed, else trained on the reference."""
         if ref_model_dir is not None and self.use_pretrained():
-            model = self.load_reference(ref_model_dir, None)
+            model = self.load_reference(ref_model_dir, reference)
             return self.adapt_reference(model, reference)
         return self.train_reference(reference)
 

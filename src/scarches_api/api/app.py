@@ -1,0 +1,89 @@
+"""The FastAPI application: settings, storage, job store and runner wired once; one shape for every error."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from scarches_api import __version__
+from scarches_api.api.routes import health, jobs, query
+from scarches_api.config import Settings
+from scarches_api.errors import ScarchesError
+from scarches_api.io.storage import Storage, storage_from_settings
+from scarches_api.jobs.runner import BackgroundRunner
+from scarches_api.jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Maps a single-cell query (.h5ad) onto a reference by scArches surgery (scVI, scANVI, totalVI).
+
+`POST /query` takes the original service's JSON body (any Content-Type); inputs and outputs are S3 keys
+(or paths in the local data folder). Errors are `{"error": ..., "kind": ...}`."""
+
+
+def create_app(
+    settings: Settings | None = None, *, storage: Storage | None = None, job_store: JobStore | None = None
+) -> FastAPI:
+    """Build the service; ``storage`` and ``job_store`` default to what ``settings`` names."""
+    settings = settings or Settings()
+    storage = storage or storage_from_settings(settings)
+    job_store = job_store or JobStore(settings.jobs_db)
+    runner = BackgroundRunner(job_store, storage, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A capacity limiter belongs to the event loop, so it is made here rather than at import.
+        app.state.sync_limiter = anyio.CapacityLimiter(max(settings.threads, 1))
+        log.info("serving with storage: %s; jobs in %s", storage.describe(), settings.jobs_db)
+        yield
+        runner.shutdown(wait=False)
+
+    app = FastAPI(title="scArches API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.storage = storage
+    app.state.job_store = job_store
+    app.state.runner = runner
+    add_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(query.router)
+    app.include_router(jobs.router)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Domain errors keep their status; request errors are 422 naming the key; anything else is a 500 with an id."""
+
+    @app.exception_handler(ScarchesError)
+    async def domain_error(request: Request, exc: ScarchesError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems, keys = [], []
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err.get("loc", ()) if part not in ("body", "query", "path")) or "(body)"
+            keys.append(key)
+            problems.append(f"key '{key}': {err.get('msg')}")
+        return JSONResponse(
+            {"error": "invalid request: " + "; ".join(problems), "kind": "config", "details": {"keys": keys}},
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail), "kind": "http"}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the log under the id; the caller gets the id only.
+        error_id = uuid.uuid4().hex[:12]
+        log.error("%s %s failed [error_id=%s]", request.method, request.url.path, error_id, exc_info=exc)
+        return JSONResponse({"error": "internal error", "kind": "internal", "error_id": error_id}, status_code=500)

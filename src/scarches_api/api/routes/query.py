@@ -1,0 +1,77 @@
+"""POST /query: the original contract's one endpoint, sync by default, async with ``"async": true``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from scarches_api.api.deps import JobStoreDep, RunnerDep, SettingsDep, StorageDep
+from scarches_api.api.schemas import ErrorPublic, QueryAccepted
+from scarches_api.config import QueryConfig, build_config
+from scarches_api.errors import ConfigError
+from scarches_api.jobs.models import JobStatus
+from scarches_api.jobs.runner import perform_job, preflight
+
+router = APIRouter(tags=["query"])
+
+# The body is parsed by hand (any Content-Type is accepted), so the schema is given to OpenAPI explicitly.
+_BODY_SCHEMA = QueryConfig.model_json_schema(by_alias=True)
+_OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A JSON object of QueryConfig keys; every key left out takes its default. "
+        "Sent with any Content-Type (the original's caller sends text/plain).",
+        "content": {"application/json": {"schema": _BODY_SCHEMA}, "text/plain": {"schema": _BODY_SCHEMA}},
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorPublic} for code in (404, 422, 500, 502)
+}
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The JSON object in a request body, whatever its Content-Type; an empty body is an empty configuration."""
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+        if isinstance(data, str):
+            # Some clients send the configuration JSON-encoded twice (a JSON string holding the object).
+            data = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"the body is not valid JSON: {exc}", details={"keys": ["(body)"]}) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"the body must be a JSON object of configuration keys, not a JSON {type(data).__name__}",
+            details={"keys": ["(body)"]},
+        )
+    return data
+
+
+@router.post("/query", response_model=QueryAccepted, responses=_ERRORS, openapi_extra=_OPENAPI_BODY)
+async def query(
+    request: Request, settings: SettingsDep, storage: StorageDep, store: JobStoreDep, runner: RunnerDep
+) -> Any:
+    """Map query data onto a reference; answer with the used configuration (at once when `async` is true)."""
+    config = build_config(parse_body(await request.body()))
+    await run_in_threadpool(preflight, config, storage)
+    used = config.used()
+    mode = "async" if config.async_ else "sync"
+    job = await run_in_threadpool(store.create, used, mode=mode)
+    if config.async_:
+        runner.submit(job.id)
+        return QueryAccepted(**used, job_id=job.id, status=job.status)
+    # The caller may wait many minutes on the open connection; THREADS bounds how many such jobs run at once.
+    job = await anyio.to_thread.run_sync(
+        perform_job, job.id, store, storage, settings, limiter=request.app.state.sync_limiter
+    )
+    if job.status is JobStatus.FAILED:
+        error = dict(job.error or {"error": "the job failed", "kind": "internal", "status_code": 500})
+        status_code = int(error.pop("status_code", 500))
+        return JSONResponse({**error, "job_id": job.id, "status": job.status.value, "webhook_delivery": job.webhook_delivery}, status_code=status_code)
+    return QueryAccepted(**used, job_id=job.id, status=job.status, result=job.result, webhook_delivery=job.webhook_delivery)

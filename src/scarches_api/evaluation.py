@@ -1,0 +1,48 @@
+"""Scoring predicted labels against held-back ones: accuracy, macro-F1 and a per-type table, on the seen types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+
+
+@dataclass
+class LabelScore:
+    accuracy: float
+    macro_f1: float
+    cells: int
+    per_type: pd.DataFrame
+
+    def as_dict(self) -> dict:
+        return {"accuracy": round(self.accuracy, 4), "macro_f1": round(self.macro_f1, 4), "cells": self.cells}
+
+
+def score_labels(truth: pd.Series | np.ndarray, predicted: pd.Series | np.ndarray, seen: set[str]) -> LabelScore:
+    """Scores over query cells whose true type the reference has; an 'Unknown' call counts as wrong.
+
+    Macro-F1 averages over the seen types present in the query's truth: a type the query lacks has no F1 to speak of.
+    """
+    truth = np.asarray(truth, dtype=str)
+    predicted = np.asarray(predicted, dtype=str)
+    keep = np.isin(truth, list(seen))
+    truth, predicted = truth[keep], predicted[keep]
+    types = sorted(set(truth))
+    f1 = f1_score(truth, predicted, labels=types, average=None, zero_division=0)
+    per_type = pd.DataFrame(
+        {
+            "cell_type": types,
+            "cells": [int((truth == t).sum()) for t in types],
+            "correct": [int(((truth == t) & (predicted == t)).sum()) for t in types],
+            "f1": np.round(f1, 3),
+        }
+    )
+    per_type["recall"] = (per_type["correct"] / per_type["cells"]).round(3)
+    top = []
+    for t in types:
+        calls = pd.Series(predicted[truth == t]).value_counts()
+        top.append(calls.index[0] if len(calls) else "")
+    per_type["most_called"] = top
+    return LabelScore(float((truth == predicted).mean()), float(np.mean(f1)), int(keep.sum()), per_type)
