@@ -103,13 +103,14 @@ def demo(
     _setup_logging(verbose)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        result, score = run_demo(data_dir, out_dir, dict(parse_override(t) for t in overrides or []), progress=_Progress())
+        result, score, by_method = run_demo(data_dir, out_dir, dict(parse_override(t) for t in overrides or []), progress=_Progress())
     except ScarchesError as exc:
         _fail(exc)
         return
     typer.echo(score.per_type.to_string(index=False))
     typer.echo(f"\nwrote {len(result.table)} rows to {result.output} and the model to {result.model_dir}")
     typer.echo(f"stage timings (s): {result.timings}")
+    typer.echo(f"label methods compared (the table uses '{result.summary['label_method']}'): {by_method}")
     typer.echo(
         f"query labels vs held-back mergedcelltype, on the {score.cells} query cells of types the reference has: "
         f"accuracy {score.accuracy:.3f}, macro-F1 {score.macro_f1:.3f}"
@@ -125,12 +126,19 @@ def fetch_data(data_dir: DataDir = Path("data")) -> None:
 
 
 @app.command("config")
-def show_config() -> None:
+def show_config(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (the README's).")] = False,
+) -> None:
     """List every query config key with its default and meaning."""
+    if markdown:
+        typer.echo("| key | default | meaning |\n|---|---|---|")
     for name, field in QueryConfig.model_fields.items():
         key = field.alias or name
-        default = field.get_default(call_default_factory=True)
-        typer.echo(f"{key:28} {json.dumps(default):>12}  {field.description}")
+        default = json.dumps(field.get_default(call_default_factory=True))
+        if markdown:
+            typer.echo(f"| `{key}` | `{default}` | {field.description} |")
+        else:
+            typer.echo(f"{key:28} {default:>12}  {field.description}")
 
 
 @app.command()

@@ -41,7 +41,7 @@ def prepare_demo_files(data_dir: Path) -> tuple[Path, Path]:
 
 def run_demo(
     data_dir: Path, out_dir: Path, overrides: dict[str, Any] | None = None, progress: ProgressCallback | None = None
-) -> tuple[MappingResult, LabelScore]:
+) -> tuple[MappingResult, LabelScore, dict[str, dict]]:
     ref_path, query_path = prepare_demo_files(data_dir)
     config = build_config({**DEMO_CONFIG, **(overrides or {})})
     result = run_mapping(
@@ -56,10 +56,21 @@ def run_demo(
     query_rows = table[table["type"] == "query"]
     seen = set(table.loc[table["type"] == "reference", "cell_type"])
     score = score_labels(query_rows["query_cell_type"], query_rows["cell_type"], seen)
-    report = {"config": config.used(), "score": score.as_dict(), "timings": result.timings, "summary": result.summary}
+    truth = query_rows.set_index("cell_id")["query_cell_type"]
+    by_method = {
+        method: score_labels(truth, probs.idxmax(axis=1).reindex(truth.index), seen).as_dict()
+        for method, probs in result.label_candidates.items()
+    }
+    report = {
+        "config": config.used(),
+        "score": score.as_dict(),
+        "score_by_label_method": by_method,
+        "timings": result.timings,
+        "summary": result.summary,
+    }
     (out_dir / "liu_B3_report.json").write_text(json.dumps(report, indent=2, default=str))
     score.per_type.to_csv(out_dir / "liu_B3_per_type.tsv", sep="\t", index=False)
-    return result, score
+    return result, score, by_method
 
 
 __all__ = ["CELL_TYPE_KEY", "DEMO_CONFIG", "run_demo", "prepare_demo_files"]

@@ -46,6 +46,7 @@ class MappingResult:
     model_dir: Path | None
     summary: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    label_candidates: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,6 +62,8 @@ class MappingState:
     query_model: Any = None
     latent: np.ndarray | None = None
     labels: LabelCall | None = None
+    # Every label method's probabilities (knn; classifier and blend for scANVI), for scoring and reports.
+    label_candidates: dict[str, pd.DataFrame] = field(default_factory=dict)
     embedding: np.ndarray | None = None
     imputed: pd.DataFrame | None = None
 
@@ -172,18 +175,17 @@ def predict(state: MappingState) -> None:
     labelled = ref_labels != c.unlabeled_key
     knn = knn_probabilities(ref_latent[labelled], ref_labels[labelled], query_latent, c.knn_neighbors)
     knn.index = state.query.obs_names
-    probs = knn
+    state.label_candidates = {"knn": knn}
+    method = "knn"
     if family.has_classifier:
-        classifier = family.classify(model, state.query)
-        classifier = classifier.drop(columns=[c.unlabeled_key], errors="ignore")
-        state.summary["label_method"] = c.label_method
-        if c.label_method == "classifier":
-            probs = classifier
-        elif c.label_method == "blend":
-            columns = classifier.columns.union(knn.columns)
-            probs = (classifier.reindex(columns=columns, fill_value=0) + knn.reindex(columns=columns, fill_value=0)) / 2
-    else:
-        state.summary["label_method"] = "knn"
+        classifier = family.classify(model, state.query).drop(columns=[c.unlabeled_key], errors="ignore")
+        columns = classifier.columns.union(knn.columns)
+        classifier = classifier.reindex(columns=columns, fill_value=0.0)
+        knn = knn.reindex(columns=columns, fill_value=0.0)
+        state.label_candidates.update(classifier=classifier, blend=(classifier + knn) / 2)
+        method = c.label_method
+    state.summary["label_method"] = method
+    probs = state.label_candidates[method]
     state.labels = call_labels(probs, unknown_label=c.unlabeled_key, threshold=c.unknown_threshold)
     state.imputed = family.impute(model, _joint(state), sorted(state.reference.obs[c.condition_key].unique()))
 
@@ -314,4 +316,11 @@ def run_mapping(
         saved_model = write_model(state.query_model, Path(model_out)) if model_out is not None else None
         written = write_table(table, output)
     state.summary["cells"] = {"reference": state.reference.n_obs, "query": state.query.n_obs}
-    return MappingResult(table=table, output=written, model_dir=saved_model, summary=state.summary, timings=timings)
+    return MappingResult(
+        table=table,
+        output=written,
+        model_dir=saved_model,
+        summary=state.summary,
+        timings=timings,
+        label_candidates=state.label_candidates,
+    )

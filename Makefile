@@ -1,0 +1,24 @@
+# The two commands of the README: `make demo` (the main job on the bundled real data) and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test install clean
+
+# torch first, pinned, so nothing pulls a multi-GB CUDA build; then the package with its test extras.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/scarches-api demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -ra
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,65 @@
+"""The CLI as users run it: a real subprocess on real (subsampled) data."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import FAST_EPOCHS, REPO, liu_files
+from scarches_api.config import QueryConfig
+from scarches_api.io.table import read_table
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "scarches_api", *args], capture_output=True, text=True, timeout=600, cwd=REPO
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return liu_files(tmp_path_factory.mktemp("cli"), cells_per_batch=100)
+
+
+def test_map_writes_the_table_and_the_model(files, tmp_path):
+    ref, query = files
+    overrides = [f"{k}={v}" for k, v in FAST_EPOCHS.items()]
+    done = run_cli(
+        "map", "--model", "scANVI", "-r", str(ref), "-q", str(query), "-o", str(tmp_path / "out.csv"),
+        "--model-out", str(tmp_path / "model"), "atlas=liu_demo", "n_neighbors=5", *overrides,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["output"].endswith("out.csv") and report["summary"]["label_method"] == "blend"
+    assert "epoch 2/2" in done.stderr  # the progress display
+    table = read_table(tmp_path / "out.csv")
+    assert len(table) == 300 and {"x", "y", "cell_type", "uncertainty"} <= set(table.columns)
+    assert (tmp_path / "model" / "model.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "scGPT"], "key 'model'"),
+        (["modle=scVI"], "unknown key 'modle'"),
+        (["n_layers=two"], "key 'n_layers'"),
+        (["condition_key=donor"], "no obs column 'donor' (config key 'condition_key')"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_naming_it(files, tmp_path, args, message):
+    ref, query = files
+    done = run_cli("map", "-r", str(ref), "-q", str(query), "-o", str(tmp_path / "out.tsv"), *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out.tsv").exists()
+
+
+def test_every_config_key_is_listed_by_the_cli_and_documented_in_the_readme():
+    listed = run_cli("config").stdout
+    readme = (REPO / "README.md").read_text()
+    for name, field in QueryConfig.model_fields.items():
+        key = field.alias or name
+        assert key in listed
+        assert f"`{key}`" in readme, f"README lacks config key {key}"
