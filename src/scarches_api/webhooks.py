@@ -55,7 +55,7 @@ def deliver(
             error = f"HTTP {status}"
             if status < 500:
                 break  # the receiver understood and refused: asking again changes nothing
-        except httpx.InvalidURL as exc:
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             error = f"invalid webhook URL: {exc}"
             break
         except httpx.HTTPError as exc:

@@ -40,9 +40,11 @@ class JobPublic(BaseModel):
     id: str
     status: JobStatus
     mode: str = Field(description="sync or async.")
-    stage: str | None = Field(None, description="fetch, check, reference, align, surgery, train, predict, embed, write, publish.")
-    epoch: int | None = Field(None, description="Epochs finished in the current training stage.")
-    epochs: int | None = Field(None, description="Epochs the current training stage runs at most.")
+    stage: str | None = Field(
+        None, description="fetch, check, reference, align, surgery, train, predict, embed, write, publish."
+    )
+    epoch: int | None = Field(None, description="Epochs finished in the current (or last) training stage.")
+    epochs: int | None = Field(None, description="Epochs that training stage runs at most.")
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None

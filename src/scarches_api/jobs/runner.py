@@ -11,11 +11,12 @@ import shutil
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from scarches_api.config import QueryConfig, Settings
 from scarches_api.errors import ConfigError, NotFoundError, ScarchesError
+from scarches_api.io.cache import ReferenceCache, shared_cache
 from scarches_api.io.storage import Storage
 from scarches_api.jobs.models import Job, JobStatus
 from scarches_api.jobs.store import JobStore
@@ -24,12 +25,13 @@ from scarches_api.webhooks import deliver
 
 log = logging.getLogger(__name__)
 
-REQUIRED_KEYS = ("reference_data", "query_data", "output_path")
+REQUIRED_KEYS = ("query_data", "output_path")
+TRAINING_STAGES = ("reference", "train")
 
 
 # --- before a job is accepted -----------------------------------------------------------------------------------
 def require_keys(config: QueryConfig) -> None:
-    """Refuse a configuration that names no inputs or no output (422 naming the keys)."""
+    """Refuse a configuration that names no inputs, no output or a webhook that is no URL (422 naming the keys)."""
     missing = [key for key in REQUIRED_KEYS if not getattr(config, key)]
     if missing:
         names = ", ".join(f"'{key}'" for key in missing)
@@ -38,26 +40,57 @@ def require_keys(config: QueryConfig) -> None:
             "and of the result table",
             details={"keys": missing},
         )
+    if config.webhook and not config.webhook.startswith(("http://", "https://")):
+        raise ConfigError(f"key 'webhook': {config.webhook!r} is not an http(s) URL", details={"keys": ["webhook"]})
 
 
-def input_keys(config: QueryConfig) -> dict[str, str]:
-    """The configuration keys this job will read, with their storage keys (ref_path only when it will be used)."""
-    keys = {"reference_data": config.reference_data, "query_data": config.query_data}
-    if config.ref_path and getattr(config, f"pre_trained_{config.model}"):
+def input_keys(config: QueryConfig, *, bundle: bool = False) -> dict[str, str]:
+    """The configuration keys this job will read, with their storage keys.
+
+    Against a reference bundle only the query is read (unless ``full_recompute`` asks for the reference data too);
+    a pretrained model at ref_path is read only when the model's ``pre_trained_*`` flag allows it.
+    """
+    keys = {"query_data": config.query_data}
+    if not bundle or config.full_recompute:
+        keys["reference_data"] = config.reference_data
+    if config.ref_path and (bundle or getattr(config, f"pre_trained_{config.model}")):
         keys["ref_path"] = config.ref_path
     return {name: key for name, key in keys.items() if key}
 
 
-def preflight(config: QueryConfig, storage: Storage) -> None:
+def reference_cache(settings: Settings) -> ReferenceCache:
+    return shared_cache(str(settings.cache_dir), settings.cache_max_mb * 1_000_000)
+
+
+def names_bundle(config: QueryConfig, storage: Storage, settings: Settings) -> bool:
+    """True when ref_path names a reference bundle (a prefix holding metadata.json)."""
+    if not config.ref_path:
+        return False
+    try:
+        return reference_cache(settings).is_bundle(storage, config.ref_path)
+    except ScarchesError as exc:
+        raise _named(exc, "ref_path", config.ref_path) from None
+
+
+def check_job_inputs(config: QueryConfig, storage: Storage, settings: Settings) -> None:
     """Fail before queueing when a key is missing from the configuration or from the storage (404 naming it)."""
     require_keys(config)
-    for name, key in input_keys(config).items():
+    bundle = names_bundle(config, storage, settings)
+    if not config.reference_data and (not bundle or config.full_recompute):
+        raise ConfigError(
+            "missing required key 'reference_data': give the storage key of the reference .h5ad, or a reference "
+            "bundle as 'ref_path' (built with `scarches-api build-reference`)",
+            details={"keys": ["reference_data"]},
+        )
+    for name, key in input_keys(config, bundle=bundle).items():
         try:
             found = storage.exists(key)
         except ScarchesError as exc:
             raise _named(exc, name, key) from None
         if not found:
-            raise NotFoundError(f"{name}: key {key!r} not found in {storage.describe()}", details={"key": name, "value": key})
+            raise NotFoundError(
+                f"{name}: key {key!r} not found in {storage.describe()}", details={"key": name, "value": key}
+            )
 
 
 def _named(exc: ScarchesError, name: str, key: str) -> ScarchesError:
@@ -74,7 +107,7 @@ def perform_job(job_id: str, store: JobStore, storage: Storage, settings: Settin
     store.start(job_id)
     status, result, error = JobStatus.FAILED, None, None
     try:
-        result = _map(job_id, config, store, storage, work_dir)
+        result = _map(job_id, config, store, storage, settings, work_dir)
         status = JobStatus.DONE
     except ScarchesError as exc:
         log.warning("job %s failed: %s", job_id, exc.message)
@@ -99,7 +132,9 @@ def internal_error(context: str) -> dict[str, Any]:
     return {"error": "internal error", "kind": "internal", "error_id": error_id, "status_code": 500}
 
 
-def _map(job_id: str, config: QueryConfig, store: JobStore, storage: Storage, work_dir: Path) -> dict[str, Any]:
+def _map(
+    job_id: str, config: QueryConfig, store: JobStore, storage: Storage, settings: Settings, work_dir: Path
+) -> dict[str, Any]:
     inputs = work_dir / "inputs"
 
     def report(stage: str, info: dict[str, Any]) -> None:
@@ -107,26 +142,32 @@ def _map(job_id: str, config: QueryConfig, store: JobStore, storage: Storage, wo
             if stage == "epoch":
                 store.progress(job_id, epoch=info.get("epoch"), epochs=info.get("epochs"))
             else:
-                store.progress(job_id, stage)
+                # Epochs count per training stage; after training they stay, showing how the last one ended.
+                store.progress(job_id, stage, reset_epochs=stage in TRAINING_STAGES)
         except Exception:  # progress is for watching; it must not stop the mapping
             log.warning("job %s: could not record progress %s", job_id, stage, exc_info=True)
 
     report("fetch", {})
+    cache = reference_cache(settings)
+    bundle = cache.bundle(storage, config.ref_path) if names_bundle(config, storage, settings) else None
     local: dict[str, Path] = {}
-    for name, key in input_keys(config).items():
+    for name, key in input_keys(config, bundle=bundle is not None).items():
         try:
             if name == "ref_path":
-                local[name] = storage.fetch_tree(key, inputs / "ref_model")
+                if bundle is None:
+                    local[name] = cache.model(storage, key)
             else:
-                local[name] = storage.fetch(key, inputs / f"{name}.h5ad")
+                # The key's own file name, so that messages about the file name what the caller sent.
+                local[name] = storage.fetch(key, inputs / name / (PurePosixPath(key).name or f"{name}.h5ad"))
         except ScarchesError as exc:
             raise _named(exc, name, key) from None
     # The separator follows the output key's extension; the local name only has to carry it.
     suffix = ".csv" if str(config.output_path).lower().endswith(".csv") else ".tsv"
     mapping = run_mapping(
         config,
-        reference=local["reference_data"],
+        reference=local.get("reference_data"),
         query=local["query_data"],
+        bundle=bundle,
         output=work_dir / "output" / f"result{suffix}",
         ref_model=local.get("ref_path"),
         model_out=work_dir / "model" if config.model_path else None,
@@ -144,6 +185,8 @@ def _map(job_id: str, config: QueryConfig, store: JobStore, storage: Storage, wo
         "locations": locations,
         "summary": mapping.summary,
         "timings": mapping.timings,
+        # Objects this process has downloaded so far: a query against a cached reference adds only its own input.
+        "downloads": storage.downloads,
     }
 
 
@@ -200,7 +243,8 @@ class BackgroundRunner:
         for job_id, future in pending.items():
             if future.cancel():
                 try:
-                    abandon_job(job_id, self.store, self.settings, "the service stopped before this job started; submit it again")
+                    reason = "the service stopped before this job started; submit it again"
+                    abandon_job(job_id, self.store, self.settings, reason)
                 except Exception:
                     log.exception("could not mark job %s as abandoned", job_id)
         self._pool.shutdown(wait=wait, cancel_futures=True)

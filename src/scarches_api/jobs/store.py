@@ -71,10 +71,21 @@ class JobStore:
         stamp = now()
         self._update(job_id, status=JobStatus.RUNNING.value, started_at=stamp, updated_at=stamp)
 
-    def progress(self, job_id: str, stage: str | None = None, *, epoch: int | None = None, epochs: int | None = None) -> None:
+    def progress(
+        self,
+        job_id: str,
+        stage: str | None = None,
+        *,
+        epoch: int | None = None,
+        epochs: int | None = None,
+        reset_epochs: bool = False,
+    ) -> None:
+        """Record the stage a job entered and/or a training epoch; ``reset_epochs`` clears the last count."""
         fields: dict[str, Any] = {"updated_at": now()}
         if stage is not None:
-            fields.update(stage=stage, epoch=None, epochs=None)
+            fields["stage"] = stage
+        if reset_epochs:
+            fields.update(epoch=None, epochs=None)
         if epoch is not None:
             fields.update(epoch=epoch, epochs=epochs)
         self._update(job_id, **fields)

@@ -15,7 +15,7 @@ from scarches_api.api.schemas import ErrorPublic, QueryAccepted
 from scarches_api.config import QueryConfig, build_config
 from scarches_api.errors import ConfigError
 from scarches_api.jobs.models import JobStatus
-from scarches_api.jobs.runner import perform_job, preflight
+from scarches_api.jobs.runner import check_job_inputs, perform_job
 
 router = APIRouter(tags=["query"])
 
@@ -40,11 +40,14 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(raw)
-        if isinstance(data, str):
-            # Some clients send the configuration JSON-encoded twice (a JSON string holding the object).
-            data = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"the body is not valid JSON: {exc}", details={"keys": ["(body)"]}) from None
+    if isinstance(data, str):
+        # Some clients send the configuration JSON-encoded twice (a JSON string holding the object).
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError:
+            pass
     if not isinstance(data, dict):
         raise ConfigError(
             f"the body must be a JSON object of configuration keys, not a JSON {type(data).__name__}",
@@ -59,7 +62,7 @@ async def query(
 ) -> Any:
     """Map query data onto a reference; answer with the used configuration (at once when `async` is true)."""
     config = build_config(parse_body(await request.body()))
-    await run_in_threadpool(preflight, config, storage)
+    await run_in_threadpool(check_job_inputs, config, storage, settings)
     used = config.used()
     mode = "async" if config.async_ else "sync"
     job = await run_in_threadpool(store.create, used, mode=mode)
@@ -73,5 +76,6 @@ async def query(
     if job.status is JobStatus.FAILED:
         error = dict(job.error or {"error": "the job failed", "kind": "internal", "status_code": 500})
         status_code = int(error.pop("status_code", 500))
-        return JSONResponse({**error, "job_id": job.id, "status": job.status.value, "webhook_delivery": job.webhook_delivery}, status_code=status_code)
+        body = {**error, "job_id": job.id, "status": job.status.value, "webhook_delivery": job.webhook_delivery}
+        return JSONResponse(body, status_code=status_code)
     return QueryAccepted(**used, job_id=job.id, status=job.status, result=job.result, webhook_delivery=job.webhook_delivery)

@@ -1,0 +1,189 @@
+"""POST /query end to end over HTTP: the original README's body against real S3, and every way a body can be wrong."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from helpers import FAST_EPOCHS, liu_files
+from s3server import free_ports
+from scarches_api.api import create_app
+from scarches_api.models.saved import inspect_saved_model
+
+# --- the README example, sync -------------------------------------------------------------------------------------
+@pytest.mark.s3
+@pytest.mark.slow
+def test_readme_example_sync_scvi(
+    api, s3_server, receiver, readme_body, read_table, check_table, tmp_path: Path
+) -> None:
+    body = readme_body("readme-sync")
+    with api.client() as client:
+        # The original's caller sent the JSON as text/plain.
+        response = client.post("/query", content=json.dumps(body), headers={"Content-Type": "text/plain"})
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        job = client.get(f"/jobs/{answer['job_id']}").json()
+
+    # The used configuration comes back, defaults merged in, plus the job's id and state.
+    assert {key: answer[key] for key in body} == body
+    assert answer["condition_key"] == "Batch" and answer["use_layer_norm"] == "both"
+    assert answer["status"] == "done" and answer["result"]["output_path"] == "results/readme-sync/cells.tsv"
+    assert answer["webhook_delivery"]["ok"] is True
+    assert (job["status"], job["mode"], job["stage"]) == ("done", "sync", "publish")
+    assert job["created_at"] <= job["started_at"] <= job["finished_at"]
+
+    check_table(read_table("results/readme-sync/cells.tsv"))
+    s3_server.client().download_file(s3_server.bucket, "results/readme-sync/model.pt", str(tmp_path / "model.pt"))
+    assert inspect_saved_model(tmp_path / "model.pt").class_name == "SCVI"
+
+    (call,) = receiver.wait_for("/hook/readme-sync", timeout=30)
+    assert call.json["job_id"] == answer["job_id"] and call.json["status"] == "done"
+    assert call.json["result"]["output_path"] == "results/readme-sync/cells.tsv"
+    assert call.json["result"]["model_path"] == "results/readme-sync/model.pt"
+    assert call.json["model"] == "scVI" and call.json["async"] is False
+    # debug keeps the job's downloads and intermediate files.
+    assert (api.settings.work_dir / answer["job_id"] / "inputs").is_dir()
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_totalvi_with_s3_uris_completes_when_the_webhook_is_down(
+    api, s3_server, readme_body, read_table, check_table
+) -> None:
+    dead_hook = f"http://127.0.0.1:{free_ports(1)[0]}/hook"
+    body = readme_body(
+        "totalvi",
+        model="totalVI",
+        ref_path=None,
+        reference_data=f"s3://{s3_server.bucket}/liu/reference.h5ad",
+        output_path=f"s3://{s3_server.bucket}/results/totalvi/cells.csv",
+        model_path=f"s3://{s3_server.bucket}/results/totalvi/model",
+        webhook=dead_hook,
+        debug=False,
+    )
+    with api.client() as client:
+        response = client.post("/query", json=body)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        job = client.get(f"/jobs/{answer['job_id']}").json()
+    assert answer["status"] == job["status"] == "done"
+    assert job["webhook_delivery"]["ok"] is False and job["webhook_delivery"]["url"] == dead_hook
+    assert "Connect" in job["webhook_delivery"]["error"]
+    table = read_table("results/totalvi/cells.csv")  # .csv: comma-separated
+    check_table(table)
+    assert any(column.startswith("protein:") for column in table.columns)
+    listed = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix="results/totalvi/model/")
+    assert "results/totalvi/model/model.pt" in {item["Key"] for item in listed["Contents"]}
+    assert not (api.settings.work_dir / answer["job_id"]).exists()
+
+
+@pytest.mark.slow
+def test_embedded_default_maps_within_the_local_data_folder(local_settings) -> None:
+    # No cloud: the keys are paths inside SCARCHES_DATA_DIR, as with a bare `scarches-api serve`.
+    liu_files(local_settings.data_dir / "liu", cells_per_batch=150)
+    body = {
+        "atlas": "liu_demo",
+        "reference_data": "liu/reference.h5ad",
+        "query_data": "liu/query.h5ad",
+        "output_path": "results/local/cells.tsv",
+        "model_path": "results/local/model",
+        "n_neighbors": 5,
+        **FAST_EPOCHS,
+    }
+    with TestClient(create_app(local_settings)) as client:
+        response = client.post("/query", content=json.dumps(body))
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "done"
+    table = pd.read_csv(local_settings.data_dir / "results" / "local" / "cells.tsv", sep="\t")
+    assert len(table) == 450 and {"cell_id", "cell_type", "batch", "x", "y"} <= set(table.columns)
+    assert (local_settings.data_dir / "results" / "local" / "model" / "model.pt").is_file()
+
+
+@pytest.mark.s3
+def test_missing_s3_key_is_404_naming_it(api, keys) -> None:
+    body = {"reference_data": keys["reference"], "query_data": "liu/no-such.h5ad", "output_path": "results/x.tsv"}
+    with api.client(timeout=30) as client:
+        response = client.post("/query", json=body)
+    assert response.status_code == 404
+    error = response.json()
+    assert error["kind"] == "not_found" and "query_data" in error["error"] and "liu/no-such.h5ad" in error["error"]
+
+
+# --- bodies that are refused before any work ----------------------------------------------------------------------
+@pytest.fixture
+def client(local_settings):
+    with TestClient(create_app(local_settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def post(client: TestClient, content: str, content_type: str | None = "application/json"):
+    return client.post("/query", content=content, headers={"Content-Type": content_type} if content_type else {})
+
+
+def test_invalid_json_is_422(client) -> None:
+    response = post(client, '{"model": "scVI",')
+    assert response.status_code == 422
+    assert response.json()["kind"] == "config" and "not valid JSON" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ({"model": "scVI", "epochs_of_doom": 3}, "epochs_of_doom"),
+        ({"scvi_max_epochs": "many"}, "scvi_max_epochs"),
+        ({"model": "notAModel"}, "model"),
+        ({"n_neighbors": 0}, "n_neighbors"),
+        ({"model": "scVI"}, "reference_data"),
+        ({"reference_data": "a", "query_data": "b", "output_path": "c", "webhook": "ftp://x"}, "webhook"),
+    ],
+)
+def test_bad_config_is_422_naming_the_key(client, body: dict, key: str) -> None:
+    response = post(client, json.dumps(body))
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert error["kind"] == "config" and key in error["error"] and key in error["details"]["keys"]
+
+
+def test_a_body_that_is_no_object_is_422(client) -> None:
+    for content in ("[1, 2]", "42", '"scVI"'):
+        response = post(client, content)
+        assert response.status_code == 422 and "JSON object" in response.json()["error"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_any_content_type_is_parsed_as_json(client, content_type: str | None) -> None:
+    # Parsed: the answer is about the configuration's keys, not about the body's type.
+    response = post(client, json.dumps({"model": "scanvi"}), content_type)
+    assert response.status_code == 422 and "reference_data" in response.json()["error"]
+    twice = post(client, json.dumps(json.dumps({"model": "scanvi", "bogus": 1})), content_type)
+    assert twice.status_code == 422 and "bogus" in twice.json()["error"]
+
+
+def test_local_keys_stay_inside_the_data_folder(client) -> None:
+    for key in ("../outside.h5ad", "/etc/passwd", "s3://bucket/key.h5ad"):
+        response = post(client, json.dumps({"reference_data": key, "query_data": "q.h5ad", "output_path": "o.tsv"}))
+        assert response.status_code == 422 and "reference_data" in response.json()["error"]
+    missing = post(client, json.dumps({"reference_data": "r.h5ad", "query_data": "q.h5ad", "output_path": "o.tsv"}))
+    assert missing.status_code == 404 and "r.h5ad" in missing.json()["error"]
+
+
+def test_unexpected_failure_is_500_with_an_error_id_in_the_logs(local_settings, caplog) -> None:
+    app = create_app(local_settings)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    app.state.job_store.get = broken
+    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR):
+        response = client.get("/jobs/some-id")
+    assert response.status_code == 500
+    body = response.json()
+    assert body["kind"] == "internal" and body["error"] == "internal error" and body["error_id"]
+    assert "secret" not in response.text and "Traceback" not in response.text
+    logged = [r for r in caplog.records if body["error_id"] in r.getMessage()]
+    assert logged and logged[0].exc_info and "secret internals" in str(logged[0].exc_info[1])
