@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from scarches_api.config import QueryConfig, Settings, build_config, parse_override
-from scarches_api.errors import ScarchesError
+from scarches_api.errors import ConfigError, ScarchesError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -40,16 +40,18 @@ class _Progress:
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
+        self.counting = False
 
     def __call__(self, stage: str, info: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - self.start
         if stage == "epoch":
-            end = "\n" if info["epoch"] == info["epochs"] else ""
             typer.echo(f"\r  epoch {info['epoch']}/{info['epochs']}  [{elapsed:6.1f} s]", nl=False, err=True)
-            if end:
-                typer.echo("", err=True)
-        else:
-            typer.echo(f"[{elapsed:6.1f} s] {stage}", err=True)
+            self.counting = True
+            return
+        if self.counting:  # early stopping may end before the last epoch
+            typer.echo("", err=True)
+            self.counting = False
+        typer.echo(f"[{elapsed:6.1f} s] {stage}", err=True)
 
 
 def _fail(exc: ScarchesError) -> None:
@@ -59,17 +61,22 @@ def _fail(exc: ScarchesError) -> None:
 
 @app.command("map")
 def map_command(
-    reference: Annotated[Path, typer.Option("--reference", "-r", help="Reference .h5ad (raw counts).")],
     query: Annotated[Path, typer.Option("--query", "-q", help="Query .h5ad (raw counts).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Per-cell table; .csv gives commas, else tabs.")],
+    reference: Annotated[
+        Optional[Path], typer.Option("--reference", "-r", help="Reference .h5ad (raw counts); not needed with a bundle.")
+    ] = None,
     model: Annotated[str, typer.Option(help="scVI, scANVI or totalVI.")] = "scVI",
-    ref_model: Annotated[Optional[Path], typer.Option(help="Pretrained reference model (folder or model.pt).")] = None,
+    ref_model: Annotated[
+        Optional[Path], typer.Option(help="Pretrained reference model (folder or model.pt), or a reference bundle.")
+    ] = None,
     model_out: Annotated[Optional[Path], typer.Option(help="Folder the fine-tuned model is saved to.")] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="JSON file with a query config.")] = None,
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value config overrides.")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Map a query .h5ad onto a reference and write the per-cell table."""
+    from scarches_api.bundle import is_bundle, read_bundle
     from scarches_api.mapping import run_mapping
 
     _setup_logging(verbose)
@@ -80,14 +87,48 @@ def map_command(
         if ref_model is not None:
             user["ref_path"] = str(ref_model)
         config = build_config(user)
+        use_bundle = ref_model is not None and is_bundle(ref_model) and not (config.full_recompute and reference)
+        if reference is None and not use_bundle:
+            raise ConfigError("give --reference (a .h5ad), or a reference bundle as --ref-model")
         result = run_mapping(
-            config, reference=reference, query=query, output=output, ref_model=ref_model, model_out=model_out, progress=_Progress()
+            config,
+            query=query,
+            output=output,
+            reference=None if use_bundle else reference,
+            bundle=read_bundle(ref_model) if use_bundle else None,
+            ref_model=None if use_bundle else ref_model,
+            model_out=model_out,
+            progress=_Progress(),
         )
     except ScarchesError as exc:
         _fail(exc)
         return
     typer.echo(json.dumps({"output": str(result.output), "model": str(result.model_dir) if result.model_dir else None,
                            "summary": result.summary, "timings": result.timings}, indent=2, default=str))
+
+
+@app.command("build-reference")
+def build_reference_command(
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="Reference .h5ad (raw counts).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder the bundle is written to.")],
+    model: Annotated[str, typer.Option(help="scVI, scANVI or totalVI.")] = "scANVI",
+    ref_model: Annotated[Optional[Path], typer.Option(help="Take this trained reference model instead of training.")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value config overrides.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Train (or take) a reference model and write a reference bundle that queries map onto without the reference data."""
+    from scarches_api.reference import build_reference
+
+    _setup_logging(verbose)
+    try:
+        user = {"model": model, **dict(parse_override(t) for t in overrides or [])}
+        if ref_model is not None:
+            user["ref_path"] = str(ref_model)
+        path, timings = build_reference(build_config(user), reference=reference, out_dir=out, ref_model=ref_model, progress=_Progress())
+    except ScarchesError as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps({"bundle": str(path), "timings": timings}, indent=2))
 
 
 @app.command()

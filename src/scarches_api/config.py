@@ -35,6 +35,11 @@ class QueryConfig(BaseModel):
     ref_path: str | None = Field(
         None, description="Key of a pretrained reference model (a model.pt file or a folder holding one)."
     )
+    full_recompute: bool = Field(
+        False,
+        description="Recompute the reference's latent space and a joint UMAP from reference_data even when ref_path "
+        "names a reference bundle (the original's algorithm; slower).",
+    )
     output_path: str | None = Field(
         None, description="Key the per-cell table is written to; .csv gives commas, anything else tabs."
     )
@@ -78,7 +83,14 @@ class QueryConfig(BaseModel):
     totalvi_max_epochs_2: int = Field(200, ge=1, description="Epochs to fine-tune totalVI on the query.")
     max_epochs: int = Field(100, ge=1, description="Epoch cap kept for the original contract (unused by the models).")
     batch_size: int = Field(128, ge=8, description="Cells per training minibatch.")
-    early_stopping: bool = Field(False, description="Stop training when the ELBO on held-out cells stops improving.")
+    early_stopping: bool = Field(
+        True,
+        description="Stop query training once the ELBO on 10% held-out query cells stops improving (reference training "
+        "always runs its epochs).",
+    )
+    early_stopping_patience: int = Field(
+        5, ge=1, description="Epochs without improvement of the held-out ELBO before query training stops."
+    )
     seed: int = Field(0, description="Random seed for training, label transfer and the embedding.")
     use_gpu: bool = Field(False, description="Train on a GPU when one is present.")
     pre_trained_scVI: bool = Field(True, description="Use the scVI model at ref_path when given, else train one.")
@@ -179,6 +191,14 @@ class Settings(BaseSettings):
     )
     work_dir: Path = Field(
         Path("/tmp/scarches-api"), alias="SCARCHES_WORK_DIR", description="Scratch space for jobs' downloads."
+    )
+    cache_dir: Path = Field(
+        Path("/tmp/scarches-api/cache"),
+        alias="SCARCHES_CACHE_DIR",
+        description="Local copies of reference bundles and pretrained models, keyed by their ETag (or mtime+size).",
+    )
+    cache_max_mb: int = Field(
+        20_000, alias="SCARCHES_CACHE_MAX_MB", description="Disk the reference cache may use, in MB (LRU beyond it)."
     )
     jobs_db: Path = Field(
         Path("data/jobs.sqlite"), alias="SCARCHES_JOBS_DB", description="SQLite file holding the job records."

@@ -1,4 +1,8 @@
-"""Label transfer from reference to query cells: a distance-weighted kNN on the latent space, or a classifier."""
+"""Label transfer and placement from reference to query cells through their nearest reference neighbours.
+
+One kNN search serves both: the label probabilities (scArches' ``weighted_knn_transfer`` kernel) and the query cells'
+2-D position inside a stored reference embedding (the same weights over the neighbours' coordinates).
+"""
 
 from __future__ import annotations
 
@@ -18,26 +22,60 @@ class LabelCall:
     probabilities: pd.DataFrame
 
 
-def knn_probabilities(
-    reference_latent: np.ndarray, reference_labels: np.ndarray, query_latent: np.ndarray, k: int
-) -> pd.DataFrame:
-    """Label probabilities from the k nearest reference cells, weighted by a Gaussian kernel on their distance.
+@dataclass
+class Neighbours:
+    """The k nearest reference cells of each query cell, and their kernel weights (rows sum to 1)."""
 
-    The kernel width adapts to each query cell's neighbour distances (scArches' ``weighted_knn_transfer``), so a cell
-    whose neighbours disagree, or whose nearest ones disagree with the rest, gets a flat distribution.
+    indices: np.ndarray
+    distances: np.ndarray
+    weights: np.ndarray
+
+
+class ReferenceIndex:
+    """A nearest-neighbour index over reference latent coordinates; built once, queried per mapping."""
+
+    def __init__(self, latent: np.ndarray) -> None:
+        self.size = len(latent)
+        self._index = NearestNeighbors().fit(np.asarray(latent, dtype=np.float32))
+
+    def neighbours(self, query_latent: np.ndarray, k: int) -> Neighbours:
+        k = max(1, min(k, self.size))
+        distances, indices = self._index.kneighbors(np.asarray(query_latent, dtype=np.float32), n_neighbors=k)
+        return Neighbours(indices=indices, distances=distances, weights=kernel_weights(distances))
+
+
+def kernel_weights(distances: np.ndarray) -> np.ndarray:
+    """Gaussian weights whose width adapts to each cell's neighbour distances (scArches' weighted kNN transfer).
+
+    A cell whose neighbours are all about as far gets near-uniform weights; close neighbours count more.
     """
-    k = min(k, len(reference_labels))
-    index = NearestNeighbors(n_neighbors=k).fit(reference_latent)
-    distances, neighbours = index.kneighbors(query_latent)
     spread = distances.std(axis=1, keepdims=True)
     width = (2.0 / np.maximum(spread, 1e-12)) ** 2
     weights = np.exp(-distances / width)
-    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
-    classes, codes = np.unique(reference_labels, return_inverse=True)
-    probs = np.zeros((len(query_latent), len(classes)))
-    rows = np.repeat(np.arange(len(query_latent)), k)
-    np.add.at(probs, (rows, codes[neighbours].ravel()), weights.ravel())
+    return weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+
+
+def label_probabilities(neighbours: Neighbours, reference_labels: np.ndarray) -> pd.DataFrame:
+    """Per query cell, the kernel-weighted share of its neighbours carrying each label."""
+    classes, codes = np.unique(np.asarray(reference_labels, dtype=str), return_inverse=True)
+    n, k = neighbours.indices.shape
+    probs = np.zeros((n, len(classes)))
+    rows = np.repeat(np.arange(n), k)
+    np.add.at(probs, (rows, codes[neighbours.indices].ravel()), neighbours.weights.ravel())
     return pd.DataFrame(probs, columns=classes)
+
+
+def knn_probabilities(
+    reference_latent: np.ndarray, reference_labels: np.ndarray, query_latent: np.ndarray, k: int
+) -> pd.DataFrame:
+    """Label probabilities from the k nearest reference cells (builds a throw-away index)."""
+    return label_probabilities(ReferenceIndex(reference_latent).neighbours(query_latent, k), reference_labels)
+
+
+def place(neighbours: Neighbours, reference_embedding: np.ndarray) -> np.ndarray:
+    """Query cells' 2-D coordinates: the kernel-weighted mean position of their reference neighbours."""
+    coords = np.asarray(reference_embedding)[neighbours.indices]  # n × k × 2
+    return np.einsum("nk,nkd->nd", neighbours.weights, coords)
 
 
 def call_labels(probabilities: pd.DataFrame, *, unknown_label: str, threshold: float | None) -> LabelCall:

@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 from scarches_api.config import QueryConfig
-from scarches_api.errors import InputDataError
+from scarches_api.errors import InputDataError, ModelLoadError
 from scarches_api.io.h5ad import read_h5ad, require_obs_key, use_counts
 from scarches_api.io.table import write_table
-from scarches_api.labels import LabelCall, call_labels, knn_probabilities
+from scarches_api.bundle import ReferenceBundle
+from scarches_api.labels import LabelCall, Neighbours, ReferenceIndex, call_labels, label_probabilities, place
 from scarches_api.models import MODELS, SurgeryModel
 from scarches_api.models.saved import normalise_model_path
 
@@ -51,21 +52,30 @@ class MappingResult:
 
 @dataclass
 class MappingState:
-    """What the steps hand each other."""
+    """What the steps hand each other. With a bundle, the reference's cells come precomputed and ``reference`` is None."""
 
     config: QueryConfig
     family: SurgeryModel
-    reference: ad.AnnData
     query: ad.AnnData
+    reference: ad.AnnData | None = None
+    bundle: ReferenceBundle | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     reference_model: Any = None
     query_model: Any = None
-    latent: np.ndarray | None = None
+    reference_latent: np.ndarray | None = None
+    query_latent: np.ndarray | None = None
+    neighbours: Neighbours | None = None
+    labelled: np.ndarray | None = None  # reference cells that carry a label (the kNN votes only among them)
     labels: LabelCall | None = None
     # Every label method's probabilities (knn; classifier and blend for scANVI), for scoring and reports.
     label_candidates: dict[str, pd.DataFrame] = field(default_factory=dict)
     embedding: np.ndarray | None = None
     imputed: pd.DataFrame | None = None
+
+    @property
+    def reference_obs(self) -> pd.DataFrame:
+        """The reference cells' obs (id as index), from the data or the bundle."""
+        return self.bundle.obs if self.bundle is not None else self.reference.obs
 
 
 # --- check inputs -----------------------------------------------------------------------------------------------
@@ -102,14 +112,15 @@ def check_input(adata: ad.AnnData, config: QueryConfig, *, role: str) -> tuple[a
 
 def check_inputs(state: MappingState) -> None:
     c = state.config
-    state.reference, state.summary["reference"] = check_input(state.reference, c, role="reference")
-    require_obs_key(state.reference, c.cell_type_key, role="reference", config_key="cell_type_key")
-    state.reference.obs[c.cell_type_key] = state.reference.obs[c.cell_type_key].astype(str)
+    if state.reference is not None:
+        state.reference, state.summary["reference"] = check_input(state.reference, c, role="reference")
+        require_obs_key(state.reference, c.cell_type_key, role="reference", config_key="cell_type_key")
+        state.reference.obs[c.cell_type_key] = state.reference.obs[c.cell_type_key].astype(str)
     state.query, state.summary["query"] = check_input(state.query, c, role="query")
     # The query's own labels (if any) are kept for comparison; the model sees the query as unlabeled.
     if c.cell_type_key in state.query.obs.columns:
         state.query.obs["query_cell_type"] = state.query.obs[c.cell_type_key].astype(str)
-    shared = set(state.reference.obs[c.condition_key]) & set(state.query.obs[c.condition_key])
+    shared = set(state.reference_obs[c.condition_key].astype(str)) & set(state.query.obs[c.condition_key])
     if shared:
         # Surgery adds new batch columns only for unseen batches; renaming keeps query cells apart from reference ones.
         state.query.obs[c.condition_key] = "query:" + state.query.obs[c.condition_key]
@@ -117,7 +128,18 @@ def check_inputs(state: MappingState) -> None:
 
 
 # --- load reference ---------------------------------------------------------------------------------------------
-def load_reference(state: MappingState, ref_model: Path | None) -> None:
+def load_reference(state: MappingState, ref_model: Path | None, pretrained: Any = None) -> None:
+    """The reference model: the bundle's, a given one, one loaded from ``ref_model``, or one trained now."""
+    if state.bundle is not None or pretrained is not None:
+        model = state.bundle.model if state.bundle is not None else pretrained
+        if state.bundle is not None and type(model) is not state.family.scvi_cls:
+            raise ModelLoadError(
+                f"the reference bundle holds a {type(model).__name__} model, but model '{state.config.model}' was asked "
+                f"for; build a {state.config.model} bundle, or set full_recompute with reference_data"
+            )
+        state.reference_model = state.family.adopt(state.family.adapt_reference(model, state.reference))
+        state.summary["reference_model"] = "bundle"
+        return
     state.reference_model = state.family.reference_model(state.reference, ref_model)
     state.summary["reference_model"] = "pretrained" if ref_model is not None and state.family.use_pretrained() else "trained"
 
@@ -166,14 +188,19 @@ def train(state: MappingState) -> None:
 
 # --- predict ----------------------------------------------------------------------------------------------------
 def predict(state: MappingState) -> None:
-    """Latent space of all cells, and a label with its uncertainty for every query cell."""
+    """Latent space of all cells, a label with its uncertainty for every query cell, imputed proteins (totalVI)."""
     c, family, model = state.config, state.family, state.query_model
-    ref_latent = family.latent(model, state.reference)
-    query_latent = family.latent(model, state.query)
-    state.latent = np.vstack([ref_latent, query_latent])
-    ref_labels = state.reference.obs[c.cell_type_key].astype(str).to_numpy()
-    labelled = ref_labels != c.unlabeled_key
-    knn = knn_probabilities(ref_latent[labelled], ref_labels[labelled], query_latent, c.knn_neighbors)
+    ref_labels = state.reference_obs[c.cell_type_key].astype(str).to_numpy()
+    state.labelled = ref_labels != c.unlabeled_key
+    if state.bundle is not None:
+        state.reference_latent = state.bundle.latent
+        index = state.bundle.labelled_index
+    else:
+        state.reference_latent = family.latent(model, state.reference)
+        index = ReferenceIndex(state.reference_latent[state.labelled])
+    state.query_latent = family.latent(model, state.query)
+    state.neighbours = index.neighbours(state.query_latent, c.knn_neighbors)
+    knn = label_probabilities(state.neighbours, ref_labels[state.labelled])
     knn.index = state.query.obs_names
     state.label_candidates = {"knn": knn}
     method = "knn"
@@ -185,37 +212,51 @@ def predict(state: MappingState) -> None:
         state.label_candidates.update(classifier=classifier, blend=(classifier + knn) / 2)
         method = c.label_method
     state.summary["label_method"] = method
-    probs = state.label_candidates[method]
-    state.labels = call_labels(probs, unknown_label=c.unlabeled_key, threshold=c.unknown_threshold)
-    state.imputed = family.impute(model, _joint(state), sorted(state.reference.obs[c.condition_key].unique()))
+    state.labels = call_labels(state.label_candidates[method], unknown_label=c.unlabeled_key, threshold=c.unknown_threshold)
+    state.imputed = impute(state)
 
 
-def _joint(state: MappingState) -> ad.AnnData:
-    return ad.concat([state.reference, state.query], merge="same", uns_merge="first")
+def impute(state: MappingState) -> pd.DataFrame | None:
+    """totalVI: proteins of reference cells (stored in the bundle, or imputed) and of query cells; else None."""
+    batches = sorted(state.reference_obs[state.config.condition_key].astype(str).unique())
+    query_part = state.family.impute(state.query_model, state.query, batches)
+    if query_part is None:
+        return None
+    if state.bundle is not None and state.bundle.proteins is not None:
+        ref_part = pd.DataFrame(state.bundle.proteins, index=state.bundle.obs.index, columns=query_part.columns)
+    else:
+        ref_part = state.family.impute(state.query_model, state.reference, batches)
+    return pd.concat([ref_part, query_part])
 
 
 # --- embed ------------------------------------------------------------------------------------------------------
 def embed(state: MappingState) -> None:
+    """2-D coordinates: query cells placed into the bundle's stored embedding, or a UMAP of all cells recomputed."""
+    if state.bundle is not None:
+        query_xy = place(state.neighbours, state.bundle.embedding[state.labelled])
+        state.embedding = np.vstack([state.bundle.embedding, query_xy])
+        state.summary["embedding"] = "query placed into the bundle's reference embedding"
+        return
     from scarches_api.embedding import umap_embedding
 
-    state.embedding = umap_embedding(state.latent, n_neighbors=state.config.n_neighbors, seed=state.config.seed)
+    joint = np.vstack([state.reference_latent, state.query_latent])
+    state.embedding = umap_embedding(joint, n_neighbors=state.config.n_neighbors, seed=state.config.seed)
+    state.summary["embedding"] = "UMAP of reference and query"
 
 
 # --- write ------------------------------------------------------------------------------------------------------
 def result_table(state: MappingState) -> pd.DataFrame:
     """One row per cell, reference then query: id, x, y, batch, type, cell_type, predicted, uncertainty, extras."""
-    c = state.config
-    ref, query = state.reference, state.query
-    n_ref = ref.n_obs
-    labels = state.labels
+    c, ref_obs, query, labels = state.config, state.reference_obs, state.query, state.labels
+    n_ref = len(ref_obs)
     table = pd.DataFrame(
         {
-            "cell_id": np.concatenate([ref.obs_names.to_numpy(), query.obs_names.to_numpy()]).astype(str),
+            "cell_id": np.concatenate([ref_obs.index.to_numpy(), query.obs_names.to_numpy()]).astype(str),
             "x": state.embedding[:, 0],
             "y": state.embedding[:, 1],
-            "batch": np.concatenate([ref.obs[c.condition_key].to_numpy(), query.obs[c.condition_key].to_numpy()]).astype(str),
+            "batch": np.concatenate([ref_obs[c.condition_key].to_numpy(), query.obs[c.condition_key].to_numpy()]).astype(str),
             "type": ["reference"] * n_ref + ["query"] * query.n_obs,
-            "cell_type": np.concatenate([ref.obs[c.cell_type_key].astype(str).to_numpy(), labels.label]).astype(str),
+            "cell_type": np.concatenate([ref_obs[c.cell_type_key].astype(str).to_numpy(), labels.label]).astype(str),
             "predicted": ["no"] * n_ref + ["yes"] * query.n_obs,
             "uncertainty": np.concatenate([np.zeros(n_ref), labels.uncertainty]),
         }
@@ -223,18 +264,17 @@ def result_table(state: MappingState) -> pd.DataFrame:
     if "query_cell_type" in query.obs.columns:
         table["query_cell_type"] = [""] * n_ref + query.obs["query_cell_type"].astype(str).tolist()
     if state.imputed is not None:
-        proteins = state.imputed.add_prefix("protein:").reset_index(drop=True)
-        table = pd.concat([table, proteins], axis=1)
-    skip = set(c.unwanted_labels) | {c.condition_key, c.cell_type_key, "query_cell_type", "_scvi_batch", "_scvi_labels"}
-    extras = [col for col in ref.obs.columns.union(query.obs.columns) if col not in skip and not str(col).startswith("_")]
-    for col in extras:
-        values = pd.concat(
-            [_column(ref.obs, col), _column(query.obs, col)], ignore_index=True
-        )
-        if col in table.columns:
-            col = f"obs:{col}"
-        table[col] = values.to_numpy()
+        table = pd.concat([table, state.imputed.add_prefix("protein:").reset_index(drop=True)], axis=1)
+    for col in reported_columns(ref_obs.columns.union(query.obs.columns), c):
+        values = pd.concat([_column(ref_obs, col), _column(query.obs, col)], ignore_index=True)
+        table[f"obs:{col}" if col in table.columns else col] = values.to_numpy()
     return table
+
+
+def reported_columns(columns: pd.Index, config: QueryConfig) -> list[str]:
+    """obs columns copied into the table: all but the unwanted ones, those with own columns and scvi-tools' own."""
+    skip = set(config.unwanted_labels) | {config.condition_key, config.cell_type_key, "query_cell_type"}
+    return [str(col) for col in columns if col not in skip and not str(col).startswith("_")]
 
 
 def _column(obs: pd.DataFrame, col: str) -> pd.Series:
@@ -260,47 +300,64 @@ def write_model(model: Any, model_out: Path) -> Path:
 
 
 # --- the whole job ----------------------------------------------------------------------------------------------
+class _Stages:
+    """Times each stage and reports its start to the progress callback."""
+
+    def __init__(self, report: ProgressCallback) -> None:
+        self.report = report
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.report(name, {})
+        start = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - start, 3)
+        log.info("stage %s took %.1f s", name, self.timings[name])
+
+
 def run_mapping(
     config: QueryConfig,
     *,
-    reference: str | Path,
     query: str | Path,
     output: str | Path,
+    reference: str | Path | None = None,
+    bundle: ReferenceBundle | None = None,
     ref_model: str | Path | None = None,
     model_out: str | Path | None = None,
     progress: ProgressCallback | None = None,
 ) -> MappingResult:
     """Map the query onto the reference and write the per-cell table to ``output`` (and the model to ``model_out``).
 
-    Raises a ScarchesError (InputDataError, ModelLoadError, ...) naming the problem when the inputs can't be mapped;
-    nothing is written at ``output`` or ``model_out`` unless the whole mapping succeeded.
+    The reference is either the reference data (``reference``, the full path: its latent space and a joint UMAP are
+    recomputed) or a reference bundle (``bundle``, the fast path: only the query is computed). Raises a ScarchesError
+    (InputDataError, ModelLoadError, ...) naming the problem when the inputs can't be mapped; nothing is written at
+    ``output`` or ``model_out`` unless the whole mapping succeeded.
     """
     import scvi
 
+    if reference is None and bundle is None:
+        raise ValueError("give reference data, a reference bundle, or both (full recompute with the bundle's model)")
+    # With both, the bundle only supplies the trained model: everything else is recomputed from the reference data.
+    pretrained = bundle.model if (bundle is not None and reference is not None) else None
+    if pretrained is not None:
+        bundle = None
     report = progress or (lambda stage, info: None)
     scvi.settings.seed = config.seed
     family = MODELS[config.model](config, on_epoch=lambda i, n: report("epoch", {"epoch": i, "epochs": n}))
-    timings: dict[str, float] = {}
-
-    @contextmanager
-    def stage(name: str) -> Iterator[None]:
-        report(name, {})
-        start = time.perf_counter()
-        yield
-        timings[name] = round(time.perf_counter() - start, 3)
-        log.info("stage %s took %.1f s", name, timings[name])
-
+    stage = _Stages(report)
     with stage("check"):
         state = MappingState(
             config=config,
             family=family,
-            reference=read_h5ad(reference, role="reference"),
             query=read_h5ad(query, role="query"),
+            reference=read_h5ad(reference, role="reference") if reference is not None else None,
+            bundle=bundle,
         )
         check_inputs(state)
     with stage("reference"):
-        model_dir = normalise_model_path(ref_model) if ref_model is not None else None
-        load_reference(state, model_dir)
+        model_dir = normalise_model_path(ref_model) if ref_model is not None and bundle is None else None
+        load_reference(state, model_dir, pretrained)
     with stage("align"):
         align_genes(state)
     with stage("surgery"):
@@ -315,12 +372,13 @@ def run_mapping(
         table = result_table(state)
         saved_model = write_model(state.query_model, Path(model_out)) if model_out is not None else None
         written = write_table(table, output)
-    state.summary["cells"] = {"reference": state.reference.n_obs, "query": state.query.n_obs}
+    state.summary["cells"] = {"reference": len(state.reference_obs), "query": state.query.n_obs}
+    state.summary["epochs_trained"] = family.epochs_trained
     return MappingResult(
         table=table,
         output=written,
         model_dir=saved_model,
         summary=state.summary,
-        timings=timings,
+        timings=stage.timings,
         label_candidates=state.label_candidates,
     )

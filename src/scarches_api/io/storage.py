@@ -28,7 +28,13 @@ _CONTENT_TYPES = {".tsv": "text/tab-separated-values", ".csv": "text/csv", ".jso
 
 
 class Storage(ABC):
-    """A place keys are read from and written to."""
+    """A place keys are read from and written to.
+
+    ``downloads`` counts objects copied from the storage to local disk, so tests and metrics can tell a cached read
+    from a fresh one.
+    """
+
+    downloads: int = 0
 
     @abstractmethod
     def fetch(self, key: str, dest: Path) -> Path:
@@ -45,6 +51,10 @@ class Storage(ABC):
     @abstractmethod
     def exists(self, key: str) -> bool:
         """True when ``key`` names an object, or a prefix (folder) holding objects."""
+
+    @abstractmethod
+    def fingerprint(self, key: str) -> str:
+        """A token that changes whenever the object at ``key`` changes (S3 ETag; local mtime and size)."""
 
     @abstractmethod
     def check(self) -> None:
@@ -119,6 +129,13 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         return self.locate(key).exists()
 
+    def fingerprint(self, key: str) -> str:
+        path = self.locate(key)
+        if not path.exists():
+            raise NotFoundError(f"key {key!r} not found in the data folder", details={"key": key})
+        stat = path.stat()
+        return f"{stat.st_mtime_ns}-{stat.st_size}"
+
     def check(self) -> None:
         if not self.root.is_dir() or not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
             raise StorageError(f"the data folder {self.root} is not a readable and writable folder")
@@ -188,6 +205,7 @@ class S3Storage(Storage):
         dest.parent.mkdir(parents=True, exist_ok=True)
         # s3transfer writes to a temporary name and renames on success, so dest is never a partial file.
         self._call(key, lambda: self.client.download_file(bucket, obj, str(dest), Config=self.transfer))
+        self.downloads += 1
         return dest
 
     def fetch_tree(self, key: str, dest_dir: Path) -> Path:
@@ -198,7 +216,9 @@ class S3Storage(Storage):
         prefix = obj.rstrip("/") + "/"
         keys = [k for k in self._list(key, bucket, prefix) if not k.endswith("/")]
         if not keys:
-            raise NotFoundError(f"key {key!r} not found in bucket {bucket!r} (neither an object nor a prefix)", details={"key": key})
+            raise NotFoundError(
+                f"key {key!r} not found in bucket {bucket!r} (neither an object nor a prefix)", details={"key": key}
+            )
         for k in keys:
             relative = PurePosixPath(k[len(prefix) :])
             if ".." in relative.parts:
@@ -210,6 +230,7 @@ class S3Storage(Storage):
     def _download(self, bucket: str, obj: str, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         self.client.download_file(bucket, obj, str(target), Config=self.transfer)
+        self.downloads += 1
 
     def publish(self, local_path: Path, key: str) -> str:
         bucket, obj = self.locate(key)
@@ -226,6 +247,11 @@ class S3Storage(Storage):
         if self._object_exists(key, bucket, obj):
             return True
         return bool(self._list(key, bucket, obj.rstrip("/") + "/", limit=1))
+
+    def fingerprint(self, key: str) -> str:
+        bucket, obj = self.locate(key)
+        head = self._call(key, lambda: self.client.head_object(Bucket=bucket, Key=obj))
+        return str(head["ETag"]).strip('"')
 
     def check(self) -> None:
         self._call(f"s3://{self.bucket}", lambda: self.client.head_bucket(Bucket=self.bucket), bucket_check=True)

@@ -45,6 +45,7 @@ class SurgeryModel:
     def __init__(self, config: QueryConfig, on_epoch: EpochCallback | None = None) -> None:
         self.config = config
         self.on_epoch = on_epoch
+        self.epochs_trained: dict[str, int] = {}
 
     # --- data preparation -------------------------------------------------------------------------------------
     def prepare_reference(self, adata: ad.AnnData) -> None:
@@ -105,9 +106,14 @@ class SurgeryModel:
     def reference_model(self, reference: ad.AnnData, ref_model_dir: Path | None) -> BaseModelClass:
         """The reference model: a pretrained one when given and allowed, else trained on the reference."""
         if ref_model_dir is not None and self.use_pretrained():
-            model = self.load_reference(ref_model_dir, reference)
-            return self.adapt_reference(model, reference)
-        return self.train_reference(reference)
+            model = self.adapt_reference(self.load_reference(ref_model_dir, reference), reference)
+        else:
+            model = self.train_reference(reference)
+        return self.adopt(model)
+
+    def adopt(self, model: BaseModelClass) -> BaseModelClass:
+        """Take note of what the reference model fixes (e.g. totalVI's protein panel); returns the model."""
+        return model
 
     def adapt_reference(self, model: BaseModelClass, reference: ad.AnnData) -> BaseModelClass:
         """Turn a loaded reference model into this family (scANVI from scVI); identity by default."""
@@ -133,15 +139,25 @@ class SurgeryModel:
             batch_size=self.config.batch_size,
             accelerator=self.accelerator(),
             enable_progress_bar=False,
-            callbacks=[_EpochReporter(self.on_epoch, epochs)] if self.on_epoch else None,
+            callbacks=[_EpochReporter(self.on_epoch, epochs)] if self.on_epoch else [],
+            early_stopping=False,
         )
+        if stage == "query" and self.config.early_stopping:
+            # Surgery trains only the new batch weights, which settle in a few epochs; scvi-tools' default patience
+            # (45) would never stop within the original's 100 query epochs.
+            kwargs.update(
+                early_stopping=True,
+                early_stopping_patience=self.config.early_stopping_patience,
+                early_stopping_monitor="elbo_validation",
+                train_size=0.9,
+                check_val_every_n_epoch=1,
+            )
         if plan_kwargs:
             kwargs["plan_kwargs"] = plan_kwargs
-        kwargs.update(self.train_kwargs())
         model.train(**kwargs)
-
-    def train_kwargs(self) -> dict[str, Any]:
-        return {"early_stopping": self.config.early_stopping}
+        history = getattr(model, "history", None) or {}
+        trained = len(history.get("elbo_train", [])) or epochs
+        self.epochs_trained[stage] = self.epochs_trained.get(stage, 0) + int(trained)
 
     def accelerator(self) -> str:
         if self.config.use_gpu:

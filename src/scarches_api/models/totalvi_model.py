@@ -58,8 +58,7 @@ class TotalviModel(SurgeryModel):
         frame = present if isinstance(present, pd.DataFrame) else pd.DataFrame(np.asarray(present), index=query.obs_names)
         query.obsm[key] = frame.reindex(columns=panel, fill_value=0).astype(np.float32)
 
-    def reference_model(self, reference: ad.AnnData, ref_model_dir) -> BaseModelClass:
-        model = super().reference_model(reference, ref_model_dir)
+    def adopt(self, model: BaseModelClass) -> BaseModelClass:
         # Read from the registry, not the AnnData manager: a loaded pretrained model has no data attached.
         state = model.registry["field_registries"][REGISTRY_KEYS.PROTEIN_EXP_KEY]["state_registry"]
         self.protein_names = [str(p) for p in state["column_names"]]
@@ -69,10 +68,6 @@ class TotalviModel(SurgeryModel):
         # The scArches totalVI recipe: no weight decay and no adversarial batch loss while fine-tuning.
         epochs = self.config.totalvi_max_epochs_2
         self.fit(query_model, epochs, stage="query", weight_decay=0.0, scale_adversarial_loss=0.0)
-
-    def train_kwargs(self) -> dict[str, Any]:
-        # TOTALVI.train enables early stopping by default; follow the config like the other models.
-        return {"early_stopping": self.config.early_stopping}
 
     def impute(self, model: BaseModelClass, adata: ad.AnnData, reference_batches: list[str]) -> pd.DataFrame:
         """Denoised protein expression of every cell, as if measured in the reference batches."""
