@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean readme-config
 
 # torch first, pinned, so nothing pulls a multi-GB CUDA build; then the package with its test extras.
 $(VENV)/.installed: pyproject.toml
@@ -22,3 +22,6 @@ test: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) out
+
+readme-config: $(VENV)/.installed
+	$(PY) scripts/update_readme_config.py

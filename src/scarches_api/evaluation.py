@@ -23,23 +23,25 @@ class LabelScore:
 def score_labels(truth: pd.Series | np.ndarray, predicted: pd.Series | np.ndarray, seen: set[str]) -> LabelScore:
     """Scores over query cells whose true type the reference has; an 'Unknown' call counts as wrong.
 
-    Macro-F1 averages over the seen types present in the query's truth: a type the query lacks has no F1 to speak of.
+    Macro-F1 averages over every label in the truth or the predictions (scikit-learn's default): predicting a type the
+    query lacks costs a zero-F1 class, so wrong calls into absent types are not free.
     """
     truth = np.asarray(truth, dtype=str)
     predicted = np.asarray(predicted, dtype=str)
     keep = np.isin(truth, list(seen))
     truth, predicted = truth[keep], predicted[keep]
-    types = sorted(set(truth))
+    types = sorted(set(truth) | set(predicted))
     f1 = f1_score(truth, predicted, labels=types, average=None, zero_division=0)
     per_type = pd.DataFrame(
         {
             "cell_type": types,
             "cells": [int((truth == t).sum()) for t in types],
+            "called": [int((predicted == t).sum()) for t in types],
             "correct": [int(((truth == t) & (predicted == t)).sum()) for t in types],
             "f1": np.round(f1, 3),
         }
     )
-    per_type["recall"] = (per_type["correct"] / per_type["cells"]).round(3)
+    per_type["recall"] = (per_type["correct"] / per_type["cells"].clip(lower=1)).round(3)
     top = []
     for t in types:
         calls = pd.Series(predicted[truth == t]).value_counts()
