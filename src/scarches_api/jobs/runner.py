@@ -31,13 +31,18 @@ TRAINING_STAGES = ("reference", "train")
 
 # --- before a job is accepted -----------------------------------------------------------------------------------
 def require_keys(config: QueryConfig) -> None:
-    """Refuse a configuration that names no inputs, no output or a webhook that is no URL (422 naming the keys)."""
-    missing = [key for key in REQUIRED_KEYS if not getattr(config, key)]
+    """Refuse a configuration that names no inputs, no output or a webhook that is no URL (422 naming the keys).
+
+    reference_data may be left out only when ref_path is given: a reference bundle needs no reference data
+    (whether ref_path is one is checked against the storage, in ``check_job_inputs``).
+    """
+    required = REQUIRED_KEYS if config.ref_path else ("reference_data", *REQUIRED_KEYS)
+    missing = [key for key in required if not getattr(config, key)]
     if missing:
         names = ", ".join(f"'{key}'" for key in missing)
         raise ConfigError(
             f"missing required key(s) {names}: give the storage keys of the reference and query .h5ad files "
-            "and of the result table",
+            "(or a reference bundle as ref_path) and of the result table",
             details={"keys": missing},
         )
     if config.webhook and not config.webhook.startswith(("http://", "https://")):
@@ -50,9 +55,8 @@ def input_keys(config: QueryConfig, *, bundle: bool = False) -> dict[str, str]:
     Against a reference bundle only the query is read (unless ``full_recompute`` asks for the reference data too);
     a pretrained model at ref_path is read only when the model's ``pre_trained_*`` flag allows it.
     """
-    keys = {"query_data": config.query_data}
-    if not bundle or config.full_recompute:
-        keys["reference_data"] = config.reference_data
+    keys = {"reference_data": config.reference_data} if not bundle or config.full_recompute else {}
+    keys["query_data"] = config.query_data
     if config.ref_path and (bundle or getattr(config, f"pre_trained_{config.model}")):
         keys["ref_path"] = config.ref_path
     return {name: key for name, key in keys.items() if key}
