@@ -49,7 +49,7 @@ def test_each_model_maps_end_to_end(files, tmp_path, model):
     assert [s for s in stages if s != "epoch"] == ["check", "reference", "align", "surgery", "train", "predict", "embed", "write"]
     # Every training epoch is reported: reference (scVI 2 + scANVI 1) and query (2).
     assert stages.count("epoch") == {"scVI": 2 + 2, "scANVI": 2 + 1 + 2}[model]
-    assert result.summary["genes"] == {"reference": 1000, "query": 1000, "shared": 1000, "share": 1.0}
+    assert result.summary["genes"] == {"reference": 1000, "query": 1000, "shared": 1000, "share": 1.0, "routes": {"identical": 1000}}
 
 
 def test_totalvi_with_an_rna_only_query_imputes_every_cells_proteins(files, tmp_path):
@@ -118,12 +118,25 @@ def test_partial_gene_overlap_is_padded_and_reported(files, tmp_path):
     _check_table(result.table, 300, 150)
 
 
-def test_query_in_ensembl_ids_is_refused_with_a_hint(files, tmp_path):
+def test_query_in_versioned_ensembl_ids_maps_onto_a_symbol_reference(files, tmp_path):
+    from scarches_api.genes import to_ensembl
+
     ref, query = files
     adata = ad.read_h5ad(query)
-    adata.var_names = [f"ENSG{i:011d}" for i in range(adata.n_vars)]
+    adata.var_names = to_ensembl(list(adata.var_names), version=7)
     adata.write_h5ad(tmp_path / "q.h5ad")
-    with pytest.raises(InputDataError, match="has 0 of the reference model's 1000 genes.*Ensembl IDs") as info:
+    result = run_mapping(fast_config("scVI"), reference=ref, query=tmp_path / "q.h5ad", output=tmp_path / "r.tsv")
+    genes = result.summary["genes"]
+    assert genes["share"] >= 0.97 and genes["routes"]["ensembl_to_symbol"] >= 900
+    _check_table(result.table, 300, 150)
+
+
+def test_query_in_unknown_ids_is_refused_with_a_hint(files, tmp_path):
+    ref, query = files
+    adata = ad.read_h5ad(query)
+    adata.var_names = [f"ENSG9{i:010d}" for i in range(adata.n_vars)]  # well-formed IDs of no human gene
+    adata.write_h5ad(tmp_path / "q.h5ad")
+    with pytest.raises(InputDataError, match="gene overlap 0% < min_gene_overlap 50%.*ensembl vs symbol.*convert") as info:
         run_mapping(fast_config("scVI"), reference=ref, query=tmp_path / "q.h5ad", output=tmp_path / "r.tsv")
     assert info.value.status_code == 422
     assert not (tmp_path / "r.tsv").exists()
@@ -153,3 +166,16 @@ def test_check_input_moves_proteins_out_of_the_genes():
     assert found["proteins"] == 192 and genes.n_vars == 1000 and found["counts_from"] == "X"
     assert genes.obsm["protein_expression"].shape == (reference.n_obs, 192)
     assert genes.var_names.is_unique
+
+
+def test_a_10x_h5_query_maps_end_to_end(files, tmp_path):
+    from scarches_api.io.tenx import write_10x_h5
+
+    ref, query = files
+    write_10x_h5(ad.read_h5ad(query), tmp_path / "filtered_feature_bc_matrix.h5")
+    result = run_mapping(fast_config("scVI"), reference=ref, query=tmp_path / "filtered_feature_bc_matrix.h5",
+                         output=tmp_path / "r.tsv")
+    _check_table(result.table, 300, 150)
+    # A 10x matrix has no obs columns: its cells form one batch of their own.
+    assert set(result.table.loc[result.table["type"] == "query", "batch"]) == {"query"}
+    assert result.summary["preflight"]["query"]["format"].startswith("10x")

@@ -20,7 +20,8 @@ import pandas as pd
 
 from scarches_api.config import QueryConfig
 from scarches_api.errors import InputDataError, ModelLoadError
-from scarches_api.io.h5ad import read_h5ad, require_obs_key, use_counts
+from scarches_api.io.h5ad import require_obs_key, use_counts
+from scarches_api.io.tenx import read_input
 from scarches_api.io.table import write_table
 from scarches_api.bundle import ReferenceBundle
 from scarches_api.labels import LabelCall, Neighbours, ReferenceIndex, call_labels, label_probabilities, place
@@ -111,6 +112,25 @@ def check_input(adata: ad.AnnData, config: QueryConfig, *, role: str) -> tuple[a
 
 
 def check_inputs(state: MappingState) -> None:
+    """Make both inputs mappable, with precise errors; then the pre-flight's checks (gene overlap and the rest)."""
+    from scarches_api.preflight import preflight
+
+    c = state.config
+    if state.query.uns.get("input_format", "").startswith("10x") and c.condition_key not in state.query.obs.columns:
+        # A 10x matrix is one sample and carries no obs columns: it is one batch.
+        state.query.obs[c.condition_key] = "query"
+    if state.bundle is not None:
+        meta = state.bundle.metadata
+        report = preflight(c, query=state.query, reference_genes=meta["var_names"], reference_obs=state.bundle.obs,
+                           protein_names=meta.get("protein_names"))
+    else:
+        report = preflight(c, query=state.query, reference=state.reference)
+    state.summary["preflight"] = report.to_dict()
+    _check_each_input(state)
+    report.raise_if_error()
+
+
+def _check_each_input(state: MappingState) -> None:
     c = state.config
     if state.reference is not None:
         state.reference, state.summary["reference"] = check_input(state.reference, c, role="reference")
@@ -149,11 +169,24 @@ def align_genes(state: MappingState) -> None:
     """Reorder the query's genes to the reference model's, padding missing ones with zeros; refuse too little overlap."""
     from scvi.model.base import ArchesMixin
 
+    from scarches_api.genes import harmonise
+
     ref_genes = pd.Index(ArchesMixin.prepare_query_anndata(state.query, state.reference_model, return_reference_var_names=True))
     query_genes = pd.Index(state.query.var_names)
-    shared = ref_genes.intersection(query_genes)
+    # Ensembl IDs (versioned or not) and symbols, old names and aliases, are brought to the reference's naming.
+    harmonised = harmonise(list(query_genes), list(ref_genes))
+    if harmonised.matched:
+        renamed = [harmonised.mapping.get(g, g) for g in query_genes]
+        keep = ~pd.Index(renamed).duplicated()
+        if not keep.all():
+            state.query = state.query[:, keep].copy()
+        state.query.var_names = pd.Index(renamed)[keep]
+    shared = ref_genes.intersection(pd.Index(state.query.var_names))
     share = len(shared) / max(len(ref_genes), 1)
-    state.summary["genes"] = {"reference": len(ref_genes), "query": len(query_genes), "shared": len(shared), "share": round(share, 4)}
+    state.summary["genes"] = {
+        "reference": len(ref_genes), "query": len(query_genes), "shared": len(shared), "share": round(share, 4),
+        "routes": {k: v for k, v in harmonised.routes.items() if v},
+    }
     log.info("query has %d of the reference's %d genes (%.1f%%)", len(shared), len(ref_genes), 100 * share)
     if share < state.config.min_gene_overlap:
         raise InputDataError(
@@ -350,8 +383,8 @@ def run_mapping(
         state = MappingState(
             config=config,
             family=family,
-            query=read_h5ad(query, role="query"),
-            reference=read_h5ad(reference, role="reference") if reference is not None else None,
+            query=read_input(query, role="query"),
+            reference=read_input(reference, role="reference") if reference is not None else None,
             bundle=bundle,
         )
         check_inputs(state)

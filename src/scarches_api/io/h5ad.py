@@ -58,9 +58,11 @@ def use_counts(adata: ad.AnnData, *, role: str) -> str:
     """
     if is_counts(adata.X):
         return "X"
-    if "counts" in adata.layers and is_counts(adata.layers["counts"]):
-        adata.X = adata.layers["counts"].copy()
-        return "layers['counts']"
+    # layers['counts'] first (the scverse convention), then any other layer holding integers.
+    for name in sorted(adata.layers.keys(), key=lambda n: n != "counts"):
+        if is_counts(adata.layers[name]):
+            adata.X = adata.layers[name].copy()
+            return f"layers['{name}']"
     if adata.raw is not None and adata.raw.shape[1] == adata.n_vars and is_counts(adata.raw.X):
         adata.X = adata.raw.X.copy()
         return "raw.X"
