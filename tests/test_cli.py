@@ -77,4 +77,4 @@ def test_check_answers_without_training_and_exits_2_on_log_normalised_data(files
     bad = run_cli("check", "-q", str(tmp_path / "logged.h5ad"), "-r", str(ref), "atlas=liu_demo")
     report = json.loads(bad.stdout)
     assert bad.returncode == 2 and report["verdict"] == "error"
-    assert any("raw counts" in reason for reason in report["reasons"])
+    assert any("log-normalised" in reason and "raw integer UMI counts" in reason for reason in report["reasons"])

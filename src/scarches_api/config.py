@@ -204,3 +204,64 @@ class Settings(BaseSettings):
         Path("data/jobs.sqlite"), alias="SCARCHES_JOBS_DB", description="SQLite file holding the job records."
     )
     webhook_timeout: float = Field(30.0, alias="SCARCHES_WEBHOOK_TIMEOUT", description="Seconds to wait on a webhook.")
+
+    # --- the job engine (Celery); see docs/deploy.md ---
+    database_url: str | None = Field(
+        None,
+        alias="SCARCHES_DATABASE_URL",
+        description="SQLAlchemy URL of the job store, e.g. postgresql+psycopg://user:pw@db/scarches for several "
+        "machines; unset: the SQLite file SCARCHES_JOBS_DB.",
+    )
+    broker_url: str | None = Field(
+        None,
+        alias="SCARCHES_BROKER_URL",
+        description="Celery broker of the job queue, e.g. redis://redis:6379/0; unset: the embedded filesystem broker "
+        "under SCARCHES_BROKER_DIR (one machine, no server).",
+    )
+    broker_dir: Path | None = Field(
+        None,
+        alias="SCARCHES_BROKER_DIR",
+        description="Folder of the embedded broker's queue files and results; unset: 'broker' next to SCARCHES_JOBS_DB.",
+    )
+    embedded_worker: bool | None = Field(
+        None,
+        alias="SCARCHES_EMBEDDED_WORKER",
+        description="Run a job worker as a child process of the API; unset: yes with the embedded broker, no with "
+        "SCARCHES_BROKER_URL (start `scarches-api worker` on the worker machines).",
+    )
+    worker_concurrency: int | None = Field(
+        None,
+        ge=1,
+        alias="SCARCHES_WORKER_CONCURRENCY",
+        description="Jobs one worker runs at once (prefork processes); unset: one per 2 CPU cores, at least 1.",
+    )
+    heartbeat_interval: float = Field(
+        5.0, gt=0, alias="SCARCHES_HEARTBEAT_INTERVAL", description="Seconds between a running job's heartbeats."
+    )
+    stale_after: float = Field(
+        60.0,
+        gt=0,
+        alias="SCARCHES_STALE_AFTER",
+        description="Seconds without a heartbeat after which a job's worker counts as lost and the job is re-queued.",
+    )
+    reaper_interval: float = Field(
+        5.0, gt=0, alias="SCARCHES_REAPER_INTERVAL", description="Seconds between the reaper's looks for lost jobs."
+    )
+    max_attempts: int = Field(
+        3, ge=1, alias="SCARCHES_MAX_ATTEMPTS", description="Attempts a job gets when its worker is lost before it fails."
+    )
+    cancel_grace: float = Field(
+        10.0,
+        ge=0,
+        alias="SCARCHES_CANCEL_GRACE",
+        description="Seconds a cancelled running job has to stop at its next epoch or stage before its process is killed.",
+    )
+    visibility_timeout: int = Field(
+        43_200,
+        ge=60,
+        alias="SCARCHES_VISIBILITY_TIMEOUT",
+        description="Redis broker: seconds before an unacknowledged job is delivered again; must exceed the longest job.",
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json", alias="SCARCHES_LOG_FORMAT", description="Log lines as JSON objects (with the job id) or plain text."
+    )
