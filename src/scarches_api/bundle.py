@@ -60,8 +60,20 @@ class ReferenceBundle:
         """The kNN index over the labelled reference cells' latent, built on first use and kept with the bundle."""
         from scarches_api.labels import ReferenceIndex
 
-        labels = self.obs[self.metadata["cell_type_key"]].astype(str).to_numpy()
-        return ReferenceIndex(self.latent[labels != self.metadata["unlabeled_key"]])
+        return ReferenceIndex(self.latent[self.labelled])
+
+    @cached_property
+    def labelled(self) -> np.ndarray:
+        return self.obs[self.metadata["cell_type_key"]].astype(str).to_numpy() != self.metadata["unlabeled_key"]
+
+    def self_distances(self, k: int) -> np.ndarray:
+        """The labelled reference cells' own sorted mean kNN distances (for mapping distances), kept per k."""
+        from scarches_api.quality import reference_self_distances
+
+        cache = self.__dict__.setdefault("_self_distances", {})
+        if k not in cache:
+            cache[k] = reference_self_distances(self.labelled_index, self.latent[self.labelled], k)
+        return cache[k]
 
 
 # --- writing ----------------------------------------------------------------------------------------------------

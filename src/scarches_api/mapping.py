@@ -26,6 +26,7 @@ from scarches_api.io.table import write_table
 from scarches_api.bundle import ReferenceBundle
 from scarches_api.labels import LabelCall, Neighbours, ReferenceIndex, call_labels, label_probabilities, place
 from scarches_api.models import MODELS, SurgeryModel
+from scarches_api.quality import batch_mixing, job_metrics, mapping_distance, reference_self_distances
 from scarches_api.models.saved import normalise_model_path
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class MappingResult:
     summary: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     label_candidates: dict[str, pd.DataFrame] = field(default_factory=dict)
+    # report.json, report.html and manifest.json, written next to the table.
+    reports: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +75,8 @@ class MappingState:
     label_candidates: dict[str, pd.DataFrame] = field(default_factory=dict)
     embedding: np.ndarray | None = None
     imputed: pd.DataFrame | None = None
+    mapping_distance: np.ndarray | None = None
+    mixing: float | None = None
 
     @property
     def reference_obs(self) -> pd.DataFrame:
@@ -228,11 +233,15 @@ def predict(state: MappingState) -> None:
     if state.bundle is not None:
         state.reference_latent = state.bundle.latent
         index = state.bundle.labelled_index
+        own = state.bundle.self_distances(c.knn_neighbors)
     else:
         state.reference_latent = family.latent(model, state.reference)
         index = ReferenceIndex(state.reference_latent[state.labelled])
+        own = reference_self_distances(index, state.reference_latent[state.labelled], c.knn_neighbors)
     state.query_latent = family.latent(model, state.query)
     state.neighbours = index.neighbours(state.query_latent, c.knn_neighbors)
+    state.mapping_distance = mapping_distance(state.neighbours.distances.mean(axis=1), own)
+    state.mixing = batch_mixing(state.query_latent, state.neighbours.distances, c.knn_neighbors, int(state.labelled.sum()))
     knn = label_probabilities(state.neighbours, ref_labels[state.labelled])
     knn.index = state.query.obs_names
     state.label_candidates = {"knn": knn}
@@ -292,6 +301,7 @@ def result_table(state: MappingState) -> pd.DataFrame:
             "cell_type": np.concatenate([ref_obs[c.cell_type_key].astype(str).to_numpy(), labels.label]).astype(str),
             "predicted": ["no"] * n_ref + ["yes"] * query.n_obs,
             "uncertainty": np.concatenate([np.zeros(n_ref), labels.uncertainty]),
+            "mapping_distance": np.concatenate([np.full(n_ref, np.nan), state.mapping_distance]),
         }
     )
     if "query_cell_type" in query.obs.columns:
@@ -314,6 +324,53 @@ def _column(obs: pd.DataFrame, col: str) -> pd.Series:
     if col in obs.columns:
         return obs[col].astype(object)
     return pd.Series([None] * len(obs), dtype=object)
+
+
+def companion(output: Path, name: str) -> Path:
+    """A file written next to the table: ``cells.tsv`` → ``cells.report.json``."""
+    return output.with_name(f"{output.stem}.{name}")
+
+
+def write_reports(
+    state: MappingState, table: pd.DataFrame, output: Path, timings: dict[str, float], inputs: dict, model: Path | None
+) -> dict[str, Path]:
+    """report.json (pre-flight, per-job metrics, summary) and the self-contained report.html."""
+    from scarches_api.provenance import write_json_atomic
+    from scarches_api.report_html import render_report
+
+    summary = {k: v for k, v in state.summary.items() if k != "preflight"}
+    metrics = job_metrics(table, unknown_label=state.config.unlabeled_key, mixing=state.mixing, timings=dict(timings))
+    report = {"title": f"scarches-api: {state.config.model} mapping", "metrics": metrics, "summary": summary,
+              "preflight": state.summary.get("preflight")}
+    json_path = write_json_atomic(companion(output, "report.json"), report)
+    html_path = companion(output, "report.html")
+    _write_text_atomic(html_path, render_report(table, report))
+    return {"report": json_path, "report_html": html_path}
+
+
+def write_manifest(state: MappingState, output: Path, inputs: dict, outputs: dict) -> Path:
+    """manifest.json: versions, hardware, seed, the used config and checksums of inputs and outputs."""
+    from scarches_api.provenance import build_manifest, write_json_atomic
+
+    manifest = build_manifest(
+        state.config.used(),
+        {k: v for k, v in inputs.items() if v is not None},
+        {k: v for k, v in outputs.items() if v is not None},
+        state.config.seed,
+    )
+    return write_json_atomic(companion(output, "manifest.json"), manifest)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with open(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_model(model: Any, model_out: Path) -> Path:
@@ -401,12 +458,17 @@ def run_mapping(
         predict(state)
     with stage("embed"):
         embed(state)
+    state.summary["cells"] = {"reference": len(state.reference_obs), "query": state.query.n_obs}
+    state.summary["epochs_trained"] = family.epochs_trained
     with stage("write"):
         table = result_table(state)
         saved_model = write_model(state.query_model, Path(model_out)) if model_out is not None else None
+        inputs = {"query": Path(query), "reference": Path(reference) if reference is not None else None}
+        if state.bundle is not None:
+            inputs["reference_bundle"] = state.bundle.path
+        reports = write_reports(state, table, Path(output), stage.timings, inputs, saved_model)
         written = write_table(table, output)
-    state.summary["cells"] = {"reference": len(state.reference_obs), "query": state.query.n_obs}
-    state.summary["epochs_trained"] = family.epochs_trained
+    reports["manifest"] = write_manifest(state, Path(output), inputs, {"table": written, "model": saved_model, **reports})
     return MappingResult(
         table=table,
         output=written,
@@ -414,4 +476,5 @@ def run_mapping(
         summary=state.summary,
         timings=stage.timings,
         label_candidates=state.label_candidates,
+        reports=reports,
     )
