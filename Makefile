@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install clean readme-config
+.PHONY: demo test install clean readme-config bench
 
 # torch first, pinned, so nothing pulls a multi-GB CUDA build; then the package with its test extras.
 $(VENV)/.installed: pyproject.toml
@@ -25,3 +25,7 @@ clean:
 
 readme-config: $(VENV)/.installed
 	$(PY) scripts/update_readme_config.py
+
+# The fast-path benchmark, CI-sized (full size: .venv/bin/python bench/fastpath.py --scales 0,100000,300000).
+bench: $(VENV)/.installed
+	$(PY) bench/fastpath.py --quick

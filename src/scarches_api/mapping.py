@@ -22,7 +22,7 @@ from scarches_api.config import QueryConfig
 from scarches_api.errors import InputDataError, ModelLoadError
 from scarches_api.io.h5ad import require_obs_key, use_counts
 from scarches_api.io.tenx import read_input
-from scarches_api.io.table import write_table
+from scarches_api.io.table import write_atomic, write_table
 from scarches_api.bundle import ReferenceBundle
 from scarches_api.labels import LabelCall, Neighbours, ReferenceIndex, call_labels, label_probabilities, place
 from scarches_api.models import MODELS, SurgeryModel
@@ -344,7 +344,8 @@ def write_reports(
               "preflight": state.summary.get("preflight")}
     json_path = write_json_atomic(companion(output, "report.json"), report)
     html_path = companion(output, "report.html")
-    _write_text_atomic(html_path, render_report(table, report))
+    html = render_report(table, report)
+    write_atomic(html_path, lambda handle: handle.write(html))
     return {"report": json_path, "report_html": html_path}
 
 
@@ -359,18 +360,6 @@ def write_manifest(state: MappingState, output: Path, inputs: dict, outputs: dic
         state.config.seed,
     )
     return write_json_atomic(companion(output, "manifest.json"), manifest)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with open(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_model(model: Any, model_out: Path) -> Path:

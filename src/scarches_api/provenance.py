@@ -12,7 +12,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -144,17 +143,11 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
 
     numpy values are converted, NaN/inf written as null, anything else unknown (Path, datetime) as its string.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_plain(data), f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from scarches_api.io.table import write_atomic
+
+    def dump(handle) -> None:
+        json.dump(_plain(data), handle, indent=2, allow_nan=False)
+        handle.write("\n")
+
+    path = write_atomic(path, dump)
     return path

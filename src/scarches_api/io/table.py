@@ -13,19 +13,30 @@ def separator_for(key: str) -> str:
     return "," if key.lower().endswith(".csv") else "\t"
 
 
-def write_table(table: pd.DataFrame, path: str | Path, *, key: str | None = None) -> Path:
-    """Write atomically: a reader sees the old file or the whole new one, never a part."""
+def write_atomic(path: str | Path, write) -> Path:
+    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it into place.
+
+    A reader sees the old file or the whole new one, never a part; a failed write leaves nothing behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            table.to_csv(handle, sep=separator_for(key or path.name), index=False)
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_table(table: pd.DataFrame, path: str | Path, *, key: str | None = None) -> Path:
+    """Write the table atomically, comma-separated for a .csv key and tab-separated otherwise."""
+    path = Path(path)
+    return write_atomic(path, lambda handle: table.to_csv(handle, sep=separator_for(key or path.name), index=False))
 
 
 def read_table(path: str | Path, *, key: str | None = None) -> pd.DataFrame:

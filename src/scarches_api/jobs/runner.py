@@ -1,23 +1,22 @@
-"""Running one job, the same way for sync requests and background jobs (and, later, a Celery task).
+"""What a job does, whichever worker runs it (jobs/tasks.py drives it as the Celery task).
 
-fetch inputs → run_mapping (stages reported on the job) → publish model, then table → record done/failed →
-webhook (always, when configured) → remove the work dir (kept when ``debug``).
+Before a job is accepted: its keys are checked (``check_job_inputs``). The mapping (``_map``): fetch inputs →
+run_mapping (stages and epochs reported to the job, where a cancel stops it) → publish model, then table. After it:
+the webhook (``notify``) for every job that ended, done, failed or cancelled, sync or async.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import threading
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from scarches_api.config import QueryConfig, Settings
 from scarches_api.errors import ConfigError, NotFoundError, ScarchesError
 from scarches_api.io.cache import ReferenceCache, shared_cache
 from scarches_api.io.storage import Storage
+from scarches_api.jobs.errors import JobInterrupted
 from scarches_api.jobs.models import Job, JobStatus
 from scarches_api.jobs.store import JobStore
 from scarches_api.mapping import run_mapping
@@ -26,6 +25,13 @@ from scarches_api.webhooks import deliver
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("query_data", "output_path")
+
+
+class ProgressSink(Protocol):
+    """Where ``_map`` reports stages and epochs: a JobStore, or a running attempt's view of it (which may raise)."""
+
+    def progress(self, job_id: str, stage: str | None = ..., *, epoch: int | None = ..., epochs: int | None = ...,
+                 reset_epochs: bool = ...) -> Any: ...
 TRAINING_STAGES = ("reference", "train")
 
 
@@ -103,32 +109,6 @@ def _named(exc: ScarchesError, name: str, key: str) -> ScarchesError:
 
 
 # --- the job ------------------------------------------------------------------------------------------------------
-def perform_job(job_id: str, store: JobStore, storage: Storage, settings: Settings) -> Job:
-    """Run a queued job to its end and return its final record; failures are recorded, never raised."""
-    job = store.get(job_id)
-    config = QueryConfig.model_validate(job.config)
-    work_dir = Path(settings.work_dir) / job_id
-    store.start(job_id)
-    status, result, error = JobStatus.FAILED, None, None
-    try:
-        result = _map(job_id, config, store, storage, settings, work_dir)
-        status = JobStatus.DONE
-    except ScarchesError as exc:
-        log.warning("job %s failed: %s", job_id, exc.message)
-        error = {**exc.to_dict(), "status_code": exc.status_code}
-    except Exception:
-        error = internal_error(f"job {job_id} failed unexpectedly")
-    try:
-        store.finish(job_id, status, result=result, error=error)
-        notify(job_id, store, settings)
-    finally:
-        if config.debug:
-            log.info("job %s: debug is on, keeping its work dir %s", job_id, work_dir)
-        else:
-            shutil.rmtree(work_dir, ignore_errors=True)
-    return store.get(job_id)
-
-
 def internal_error(context: str) -> dict[str, Any]:
     """Log the current exception with a fresh error id; return the error record that names only the id."""
     error_id = uuid.uuid4().hex[:12]
@@ -137,7 +117,7 @@ def internal_error(context: str) -> dict[str, Any]:
 
 
 def _map(
-    job_id: str, config: QueryConfig, store: JobStore, storage: Storage, settings: Settings, work_dir: Path
+    job_id: str, config: QueryConfig, store: ProgressSink, storage: Storage, settings: Settings, work_dir: Path
 ) -> dict[str, Any]:
     inputs = work_dir / "inputs"
 
@@ -148,6 +128,8 @@ def _map(
             else:
                 # Epochs count per training stage; after training they stay, showing how the last one ended.
                 store.progress(job_id, stage, reset_epochs=stage in TRAINING_STAGES)
+        except JobInterrupted:  # cancelled, or taken for lost: the attempt stops here (jobs/tasks.py)
+            raise
         except Exception:  # progress is for watching; it must not stop the mapping
             log.warning("job %s: could not record progress %s", job_id, stage, exc_info=True)
 
@@ -217,38 +199,3 @@ def abandon_job(job_id: str, store: JobStore, settings: Settings, reason: str) -
     """Fail a job that will never run (the service stopped first), and tell the caller."""
     store.finish(job_id, JobStatus.FAILED, error={"error": reason, "kind": "interrupted", "status_code": 503})
     notify(job_id, store, settings)
-
-
-# --- background execution -----------------------------------------------------------------------------------------
-class BackgroundRunner:
-    """Runs async jobs on a small thread pool; one job at a time per worker by default (training is CPU-bound)."""
-
-    def __init__(self, store: JobStore, storage: Storage, settings: Settings, *, max_workers: int = 1) -> None:
-        self.store, self.storage, self.settings = store, storage, settings
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="scarches-job")
-        self._futures: dict[str, Future[Job]] = {}
-        self._lock = threading.Lock()
-
-    def submit(self, job_id: str) -> Future[Job]:
-        future = self._pool.submit(perform_job, job_id, self.store, self.storage, self.settings)
-        with self._lock:
-            self._futures[job_id] = future
-        future.add_done_callback(lambda _f: self._forget(job_id))
-        return future
-
-    def _forget(self, job_id: str) -> None:
-        with self._lock:
-            self._futures.pop(job_id, None)
-
-    def shutdown(self, *, wait: bool = False) -> None:
-        """Stop taking jobs; queued ones are failed (and their webhooks called) rather than left queued forever."""
-        with self._lock:
-            pending = dict(self._futures)
-        for job_id, future in pending.items():
-            if future.cancel():
-                try:
-                    reason = "the service stopped before this job started; submit it again"
-                    abandon_job(job_id, self.store, self.settings, reason)
-                except Exception:
-                    log.exception("could not mark job %s as abandoned", job_id)
-        self._pool.shutdown(wait=wait, cancel_futures=True)
