@@ -179,3 +179,22 @@ def test_a_10x_h5_query_maps_end_to_end(files, tmp_path):
     # A 10x matrix has no obs columns: its cells form one batch of their own.
     assert set(result.table.loc[result.table["type"] == "query", "batch"]) == {"query"}
     assert result.summary["preflight"]["query"]["format"].startswith("10x")
+
+
+def test_label_levels_get_their_own_columns_and_agree_with_the_main_level(files, tmp_path):
+    from scarches_api.datasets import coarse_label
+
+    ref, query = files
+    paths = {}
+    for name, path in (("ref", ref), ("query", query)):
+        adata = ad.read_h5ad(path)
+        adata.obs["coarse"] = adata.obs["mergedcelltype"].astype(str).map(coarse_label)
+        paths[name] = tmp_path / f"{name}.h5ad"
+        adata.write_h5ad(paths[name])
+    config = fast_config("scANVI", cell_type_keys=["coarse", "mergedcelltype"])
+    table = run_mapping(config, reference=paths["ref"], query=paths["query"], output=tmp_path / "r.tsv").table
+    query_rows = table[table["type"] == "query"]
+    assert {"cell_type:coarse", "uncertainty:coarse", "query_cell_type:coarse"} <= set(table.columns)
+    # The coarse level sums its members' probabilities: never less certain than the fine level, never contradicting.
+    assert (query_rows["uncertainty:coarse"] <= query_rows["uncertainty"] + 1e-9).all()
+    assert (query_rows["cell_type"].map(coarse_label) == query_rows["cell_type:coarse"]).mean() > 0.9

@@ -1,4 +1,4 @@
-"""Command line: ``scarches-api map | demo | fetch-data | serve``.
+"""Command line: ``scarches-api map | demo | fetch-data | serve | worker``.
 
 Every QueryConfig key can be given as a trailing ``key=value`` override (the value is read as JSON when it parses);
 ``scarches-api config`` lists them with defaults and meanings.
@@ -222,6 +222,30 @@ def serve() -> None:
 
     _setup_logging(False)
     run_server(Settings())
+
+
+@app.command()
+def worker(
+    gpu: Annotated[bool, typer.Option("--gpu", help="Take GPU jobs (use_gpu: true) from their own queue.")] = False,
+    concurrency: Annotated[
+        Optional[int], typer.Option(min=1, help="Jobs run at once (processes); default one per 2 CPU cores.")
+    ] = None,
+    queues: Annotated[
+        Optional[str], typer.Option(help="Comma-separated queues to take jobs from (default: scarches, or scarches-gpu with --gpu).")
+    ] = None,
+    embedded: Annotated[bool, typer.Option("--embedded", hidden=True, help="Started by the API for the embedded broker.")] = False,
+) -> None:
+    """Run a job worker: SCARCHES_BROKER_URL and SCARCHES_DATABASE_URL from the environment (see docs/deploy.md)."""
+    from scarches_api.jobs.worker import run_worker
+
+    code = run_worker(
+        Settings(),
+        gpu=gpu,
+        concurrency=concurrency,
+        queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+        embedded=embedded,
+    )
+    raise typer.Exit(code=code)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m scarches_api`

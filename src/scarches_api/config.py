@@ -54,6 +54,11 @@ class QueryConfig(BaseModel):
     condition_key: str = Field("study", description="obs column holding the batch (condition) of each cell.")
     cell_type_key: str = Field("cell_type", description="obs column holding the reference's cell-type labels.")
     unlabeled_key: str = Field("Unknown", description="Label value meaning 'no label' (used for query cells).")
+    cell_type_keys: list[str] = Field(
+        default_factory=list,
+        description="Further reference label columns (other levels, e.g. coarse); each gets cell_type:<key> and "
+        "uncertainty:<key> columns.",
+    )
     protein_key: str = Field(
         "protein_expression",
         description="totalVI: obsm key of protein counts; else var features whose feature_types is 'Antibody Capture'.",

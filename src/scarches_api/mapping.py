@@ -71,6 +71,7 @@ class MappingState:
     neighbours: Neighbours | None = None
     labelled: np.ndarray | None = None  # reference cells that carry a label (the kNN votes only among them)
     labels: LabelCall | None = None
+    levels: dict[str, LabelCall] = field(default_factory=dict)  # further label levels (config cell_type_keys)
     # Every label method's probabilities (knn; classifier and blend for scANVI), for scoring and reports.
     label_candidates: dict[str, pd.DataFrame] = field(default_factory=dict)
     embedding: np.ndarray | None = None
@@ -255,7 +256,28 @@ def predict(state: MappingState) -> None:
         method = c.label_method
     state.summary["label_method"] = method
     state.labels = call_labels(state.label_candidates[method], unknown_label=c.unlabeled_key, threshold=c.unknown_threshold)
+    state.levels = {key: level_labels(state, key) for key in c.cell_type_keys if key != c.cell_type_key}
     state.imputed = impute(state)
+
+
+def level_labels(state: MappingState, key: str) -> LabelCall:
+    """Labels at another level. When each main label belongs to one label of this level (a hierarchy), a level's
+    probability is the sum of its members' — so the levels never contradict each other; else a kNN at this level."""
+    c = state.config
+    obs = state.reference_obs
+    if key not in obs.columns:
+        raise InputDataError(f"reference data has no obs column '{key}' (config key 'cell_type_keys')")
+    labelled = state.labelled & (obs[key].astype(str).to_numpy() != c.unlabeled_key)
+    pairs = pd.DataFrame({"fine": obs[c.cell_type_key].astype(str).to_numpy()[labelled], "level": obs[key].astype(str).to_numpy()[labelled]})
+    parents = pairs.drop_duplicates().groupby("fine")["level"].agg(list)
+    probs = state.labels.probabilities
+    if (parents.str.len() == 1).all() and set(probs.columns) <= set(parents.index):
+        summed = probs.T.groupby(parents.str[0].reindex(probs.columns).to_numpy()).sum().T
+    else:
+        index = ReferenceIndex(state.reference_latent[labelled])
+        summed = label_probabilities(index.neighbours(state.query_latent, c.knn_neighbors), pairs["level"].to_numpy())
+        summed.index = state.query.obs_names
+    return call_labels(summed, unknown_label=c.unlabeled_key, threshold=c.unknown_threshold)
 
 
 def impute(state: MappingState) -> pd.DataFrame | None:
@@ -304,6 +326,11 @@ def result_table(state: MappingState) -> pd.DataFrame:
             "mapping_distance": np.concatenate([np.full(n_ref, np.nan), state.mapping_distance]),
         }
     )
+    for key, call in state.levels.items():
+        table[f"cell_type:{key}"] = np.concatenate([ref_obs[key].astype(str).to_numpy(), call.label]).astype(str)
+        table[f"uncertainty:{key}"] = np.concatenate([np.zeros(n_ref), call.uncertainty])
+        if key in query.obs.columns:
+            table[f"query_cell_type:{key}"] = [""] * n_ref + query.obs[key].astype(str).tolist()
     if "query_cell_type" in query.obs.columns:
         table["query_cell_type"] = [""] * n_ref + query.obs["query_cell_type"].astype(str).tolist()
     if state.imputed is not None:
@@ -316,7 +343,7 @@ def result_table(state: MappingState) -> pd.DataFrame:
 
 def reported_columns(columns: pd.Index, config: QueryConfig) -> list[str]:
     """obs columns copied into the table: all but the unwanted ones, those with own columns and scvi-tools' own."""
-    skip = set(config.unwanted_labels) | {config.condition_key, config.cell_type_key, "query_cell_type"}
+    skip = set(config.unwanted_labels) | {config.condition_key, config.cell_type_key, "query_cell_type", *config.cell_type_keys}
     return [str(col) for col in columns if col not in skip and not str(col).startswith("_")]
 
 

@@ -44,7 +44,8 @@ def build_reference(
     with stage("embed"):
         embedding = umap_embedding(latent, n_neighbors=config.n_neighbors, seed=config.seed)
     with stage("write"):
-        columns = [config.condition_key, config.cell_type_key, *reported_columns(adata.obs.columns, config)]
+        levels = [k for k in config.cell_type_keys if k in adata.obs.columns and k != config.cell_type_key]
+        columns = [config.condition_key, config.cell_type_key, *levels, *reported_columns(adata.obs.columns, config)]
         obs = adata.obs[columns].copy()
         obs.index = obs.index.astype(str)
         path = write_bundle(

@@ -1,4 +1,4 @@
-"""The FastAPI application: settings, storage, job store and runner wired once; one shape for every error."""
+"""The FastAPI application: settings, storage, job store and job engine wired once; one shape for every error."""
 
 from __future__ import annotations
 
@@ -7,18 +7,20 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scarches_api import __version__
-from scarches_api.api.routes import health, jobs, query
+from scarches_api.api.routes import health, jobs, metrics, query
 from scarches_api.config import Settings
 from scarches_api.errors import ScarchesError
 from scarches_api.io.storage import Storage, storage_from_settings
-from scarches_api.jobs.runner import BackgroundRunner
+from scarches_api.jobs.celery_app import job_database
+from scarches_api.jobs.engine import JobEngine
+from scarches_api.jobs.metrics import registry_for
+from scarches_api.jobs.models import CPU_QUEUE, GPU_QUEUE
 from scarches_api.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -32,29 +34,39 @@ DESCRIPTION = """Maps a single-cell query (.h5ad) onto a reference by scArches s
 def create_app(
     settings: Settings | None = None, *, storage: Storage | None = None, job_store: JobStore | None = None
 ) -> FastAPI:
-    """Build the service; ``storage`` and ``job_store`` default to what ``settings`` names."""
+    """Build the service; ``storage`` and ``job_store`` default to what ``settings`` names.
+
+    Jobs run on Celery workers: with the embedded broker (the default) the app starts one as a child process when the
+    first job comes (and stops it with the app); with SCARCHES_BROKER_URL they run on `scarches-api worker`s.
+    """
     settings = settings or Settings()
     storage = storage or storage_from_settings(settings)
-    job_store = job_store or JobStore(settings.jobs_db)
-    runner = BackgroundRunner(job_store, storage, settings)
+    job_store = job_store or JobStore(job_database(settings))
+    engine = JobEngine(settings, job_store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # A capacity limiter belongs to the event loop, so it is made here rather than at import.
-        app.state.sync_limiter = anyio.CapacityLimiter(max(settings.threads, 1))
-        log.info("serving with storage: %s; jobs in %s", storage.describe(), settings.jobs_db)
-        yield
-        runner.shutdown(wait=False)
+        engine.start()
+        log.info(
+            "serving with storage: %s; jobs in %s; queue: %s", storage.describe(), job_store.describe(),
+            engine.describe_broker(),
+        )
+        try:
+            yield
+        finally:
+            engine.stop()
 
     app = FastAPI(title="scArches API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.storage = storage
     app.state.job_store = job_store
-    app.state.runner = runner
+    app.state.engine = engine
+    app.state.metrics = registry_for(job_store, (CPU_QUEUE, GPU_QUEUE))
     add_error_handlers(app)
     app.include_router(health.router)
     app.include_router(query.router)
     app.include_router(jobs.router)
+    app.include_router(metrics.router)
     return app
 
 

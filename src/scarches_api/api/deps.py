@@ -1,4 +1,4 @@
-"""What routes are handed: the app's settings, storage, job store and background runner (set up by create_app)."""
+"""What routes are handed: the app's settings, storage, job store and job engine (set up by create_app)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 
 from scarches_api.config import Settings
 from scarches_api.io.storage import Storage
-from scarches_api.jobs.runner import BackgroundRunner
+from scarches_api.jobs.engine import JobEngine
 from scarches_api.jobs.store import JobStore
 
 
@@ -24,11 +24,11 @@ def get_job_store(request: Request) -> JobStore:
     return request.app.state.job_store
 
 
-def get_runner(request: Request) -> BackgroundRunner:
-    return request.app.state.runner
+def get_engine(request: Request) -> JobEngine:
+    return request.app.state.engine
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
-RunnerDep = Annotated[BackgroundRunner, Depends(get_runner)]
+EngineDep = Annotated[JobEngine, Depends(get_engine)]

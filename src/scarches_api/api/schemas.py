@@ -38,13 +38,18 @@ class JobPublic(BaseModel):
     """A job's record."""
 
     id: str
-    status: JobStatus
+    status: JobStatus = Field(description="queued, running, done, failed or cancelled.")
     mode: str = Field(description="sync or async.")
+    queue: str = Field(description="The queue it was sent to: scarches (CPU) or scarches-gpu (use_gpu).")
     stage: str | None = Field(
         None, description="fetch, check, reference, align, surgery, train, predict, embed, write, publish."
     )
     epoch: int | None = Field(None, description="Epochs finished in the current (or last) training stage.")
     epochs: int | None = Field(None, description="Epochs that training stage runs at most.")
+    progress: float | None = Field(None, description="epoch / epochs: share (0..1) of that training stage done.")
+    attempts: int = Field(0, description="Times a worker started the job (more than 1 after a lost worker).")
+    worker: str | None = Field(None, description="Host of the worker that runs (or ran) the last attempt.")
+    cancel_requested: bool = Field(False, description="DELETE /jobs/{id} was called; the job stops at its next epoch or stage.")
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None

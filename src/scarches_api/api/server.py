@@ -59,7 +59,9 @@ class _Service(BaseApplication):
 def serve(settings: Settings | None = None) -> None:
     """Run the service in the foreground until it is stopped (SIGTERM/SIGINT)."""
     settings = settings or Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    from scarches_api.logging_setup import configure_logging
+
+    configure_logging(settings.log_format)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     log.info("starting %d worker(s) on %s:%d", settings.workers, settings.host, settings.port)
     _Service(settings, gunicorn_options(settings)).run()

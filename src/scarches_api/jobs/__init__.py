@@ -1,7 +1,15 @@
-"""Mapping jobs: their records (SQLite), and the runner that both the sync and the async path go through."""
+"""Mapping jobs: durable records (SQLAlchemy: SQLite or PostgreSQL), run by Celery workers (embedded or scaled out).
 
+models (the record), store (the database), runner (what a job does), tasks (the Celery task: one attempt),
+celery_app (the Celery configuration), engine (the API's side: submit, wait, cancel, the embedded worker), reaper
+(lost jobs back to the queue), worker (``scarches-api worker``), metrics (Prometheus).
+"""
+
+from scarches_api.jobs.errors import JobCancelled, JobConflictError, JobInterrupted, JobSuperseded
 from scarches_api.jobs.models import Job, JobStatus
-from scarches_api.jobs.runner import BackgroundRunner, perform_job, require_keys
+from scarches_api.jobs.runner import require_keys
 from scarches_api.jobs.store import JobStore
 
-__all__ = ["BackgroundRunner", "Job", "JobStatus", "JobStore", "perform_job", "require_keys"]
+__all__ = [
+    "Job", "JobCancelled", "JobConflictError", "JobInterrupted", "JobStatus", "JobStore", "JobSuperseded", "require_keys",
+]

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from scarches_api.api.deps import JobStoreDep, RunnerDep, SettingsDep, StorageDep
+from scarches_api.api.deps import EngineDep, SettingsDep, StorageDep
 from scarches_api.api.schemas import ErrorPublic, QueryAccepted
 from scarches_api.config import QueryConfig, build_config
 from scarches_api.errors import ConfigError
 from scarches_api.jobs.models import JobStatus
-from scarches_api.jobs.runner import check_job_inputs, perform_job
+from scarches_api.jobs.runner import check_job_inputs
 
 router = APIRouter(tags=["query"])
 
@@ -30,7 +29,7 @@ _OPENAPI_BODY = {
     }
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorPublic} for code in (404, 422, 500, 502)
+    code: {"model": ErrorPublic} for code in (404, 409, 422, 500, 502, 503)
 }
 
 
@@ -57,23 +56,19 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 
 
 @router.post("/query", response_model=QueryAccepted, responses=_ERRORS, openapi_extra=_OPENAPI_BODY)
-async def query(
-    request: Request, settings: SettingsDep, storage: StorageDep, store: JobStoreDep, runner: RunnerDep
-) -> Any:
+async def query(request: Request, settings: SettingsDep, storage: StorageDep, engine: EngineDep) -> Any:
     """Map query data onto a reference; answer with the used configuration (at once when `async` is true)."""
     config = build_config(parse_body(await request.body()))
     await run_in_threadpool(check_job_inputs, config, storage, settings)
     used = config.used()
     mode = "async" if config.async_ else "sync"
-    job = await run_in_threadpool(store.create, used, mode=mode)
+    # Sync or async, the job goes to the same queue and workers: durable, visible, cancellable either way.
+    job = await run_in_threadpool(engine.submit, used, mode=mode)
     if config.async_:
-        runner.submit(job.id)
         return QueryAccepted(**used, job_id=job.id, status=job.status)
-    # The caller may wait many minutes on the open connection; THREADS bounds how many such jobs run at once.
-    job = await anyio.to_thread.run_sync(
-        perform_job, job.id, store, storage, settings, limiter=request.app.state.sync_limiter
-    )
-    if job.status is JobStatus.FAILED:
+    # Sync: the caller waits on the open connection while a worker runs the job (no thread is held meanwhile).
+    job = await engine.wait(job.id)
+    if job.status is not JobStatus.DONE:
         error = dict(job.error or {"error": "the job failed", "kind": "internal", "status_code": 500})
         status_code = int(error.pop("status_code", 500))
         body = {**error, "job_id": job.id, "status": job.status.value, "webhook_delivery": job.webhook_delivery}
