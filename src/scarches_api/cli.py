@@ -144,14 +144,17 @@ def demo(
     _setup_logging(verbose)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        result, score, by_method = run_demo(data_dir, out_dir, dict(parse_override(t) for t in overrides or []), progress=_Progress())
+        result, score, extra = run_demo(data_dir, out_dir, dict(parse_override(t) for t in overrides or []), progress=_Progress())
     except ScarchesError as exc:
         _fail(exc)
         return
     typer.echo(score.per_type.to_string(index=False))
     typer.echo(f"\nwrote {len(result.table)} rows to {result.output} and the model to {result.model_dir}")
     typer.echo(f"stage timings (s): {result.timings}")
-    typer.echo(f"label methods compared (the table uses '{result.summary['label_method']}'): {by_method}")
+    typer.echo(f"label methods compared (the table uses '{result.summary['label_method']}'): {extra['label_methods']}")
+    for level, figures in extra["levels"].items():
+        typer.echo(f"{level} level: accuracy {figures['accuracy']:.3f}, macro-F1 {figures['macro_f1']:.3f}, "
+                   f"calibration error (ECE of 1 - uncertainty) {figures['ece']:.3f}")
     typer.echo(
         f"query labels vs held-back mergedcelltype, on the {score.cells} query cells of types the reference has: "
         f"accuracy {score.accuracy:.3f}, macro-F1 {score.macro_f1:.3f}"

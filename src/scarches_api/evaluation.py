@@ -48,3 +48,24 @@ def score_labels(truth: pd.Series | np.ndarray, predicted: pd.Series | np.ndarra
         top.append(calls.index[0] if len(calls) else "")
     per_type["most_called"] = top
     return LabelScore(float((truth == predicted).mean()), float(np.mean(f1)), int(keep.sum()), per_type)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """ECE: the cell-weighted mean gap between confidence and accuracy over equal-width confidence bins."""
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            gap += inside.sum() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(gap / max(len(confidence), 1))
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for telling ``positive`` cells from the rest."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.asarray(positive, dtype=bool), np.asarray(scores, dtype=float)))
