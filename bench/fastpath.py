@@ -65,7 +65,6 @@ class Clock:
 def prepare(profile: dict, scales: list[int], tag: str) -> dict:
     """Reference/query files, the trained reference model, and a bundle per scale, cached under bench/.cache/<tag>."""
     import anndata as ad
-    import numpy as np
 
     from scarches_api.config import build_config
     from scarches_api.datasets import fetch_liu_demo, split_liu
@@ -109,7 +108,6 @@ def scaled(root: Path, n: int, ref_path: Path, bundle_dir: Path, model_dir: Path
     """A reference of n cells (thinned copies of the real ones) as .h5ad, and its bundle."""
     import anndata as ad
     import numpy as np
-    import scipy.sparse as sp
     from scvi.model import SCANVI
 
     from scarches_api.bundle import read_bundle, write_bundle
