@@ -15,7 +15,7 @@ WORKDIR /app
 # Dependencies change less often than the code: resolve them in their own layer.
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install . uvicorn-worker==0.4.0
+RUN pip install .
 
 RUN useradd --create-home --uid 10001 scarches \
     && mkdir -p /data \
