@@ -41,6 +41,10 @@ QUICK = dict(cells_per_batch=1500, scvi_max_epochs=10, scanvi_max_epochs=5, base
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS. Not ru_maxrss: Linux carries that across exec from the (large) parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
