@@ -198,3 +198,24 @@ def test_label_levels_get_their_own_columns_and_agree_with_the_main_level(files,
     # The coarse level sums its members' probabilities: never less certain than the fine level, never contradicting.
     assert (query_rows["uncertainty:coarse"] <= query_rows["uncertainty"] + 1e-9).all()
     assert (query_rows["cell_type"].map(coarse_label) == query_rows["cell_type:coarse"]).mean() > 0.9
+
+
+def test_reports_and_manifest_are_written_next_to_the_table(files, tmp_path):
+    import json
+
+    ref, query = files
+    result = run_mapping(fast_config("scANVI"), reference=ref, query=query, output=tmp_path / "cells.tsv",
+                         model_out=tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "cells.manifest.json", "cells.report.html", "cells.report.json", "cells.tsv"]
+    report = json.loads((tmp_path / "cells.report.json").read_text())
+    metrics = report["metrics"]
+    assert metrics["cells"] == {"reference": 300, "query": 150}
+    assert 0 <= metrics["query_with_reference_anchor"] <= 1 and 0 <= metrics["batch_mixing"] <= 1
+    assert 0 <= metrics["agreement_with_query_labels"] <= 1 and report["preflight"]["verdict"] == "ok"
+    manifest = json.loads((tmp_path / "cells.manifest.json").read_text())
+    assert manifest["config"]["model"] == "scANVI" and manifest["seed"] == 0
+    assert {"query", "reference"} <= set(manifest["inputs"]) and {"table", "model"} <= set(manifest["outputs"])
+    distance = result.table.loc[result.table["type"] == "query", "mapping_distance"]
+    assert distance.between(0, 1).all() and result.table.loc[result.table["type"] == "reference", "mapping_distance"].isna().all()
+    assert "<img" in (tmp_path / "cells.report.html").read_text()

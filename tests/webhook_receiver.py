@@ -19,10 +19,15 @@ class Call:
 
 
 class WebhookReceiver:
-    """Start with ``start()``; ``url(path)`` to hand out; ``wait_for(predicate)`` to await a call; ``stop()``."""
+    """Start with ``start()``; ``url(path)`` to hand out; ``wait_for(predicate)`` to await a call; ``stop()``.
 
-    def __init__(self, status: int = 200) -> None:
+    Answers ``status``; ``plan(...)`` queues answers for the next calls first: a status code, or (status, headers),
+    e.g. ``plan(500, (302, {"Location": "http://169.254.169.254/"}))``. ``port`` 0 takes a free one.
+    """
+
+    def __init__(self, status: int = 200, port: int = 0) -> None:
         self.status = status
+        self.planned: list[tuple[int, dict[str, str]]] = []
         self.calls: list[Call] = []
         self._changed = threading.Condition()
         receiver = self
@@ -40,14 +45,17 @@ class WebhookReceiver:
                 with receiver._changed:
                     receiver.calls.append(call)
                     receiver._changed.notify_all()
-                self.send_response(receiver.status)
+                    status, headers = receiver.planned.pop(0) if receiver.planned else (receiver.status, {})
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
 
     @property
@@ -56,6 +64,11 @@ class WebhookReceiver:
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def plan(self, *answers: int | tuple[int, dict[str, str]]) -> "WebhookReceiver":
+        with self._changed:
+            self.planned.extend(a if isinstance(a, tuple) else (a, {}) for a in answers)
+        return self
 
     def start(self) -> "WebhookReceiver":
         self._thread.start()

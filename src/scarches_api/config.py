@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scarches_api.catalogue import atlas_entry
@@ -269,4 +269,56 @@ class Settings(BaseSettings):
     )
     log_format: Literal["json", "text"] = Field(
         "json", alias="SCARCHES_LOG_FORMAT", description="Log lines as JSON objects (with the job id) or plain text."
+    )
+    api_tokens: SecretStr | None = Field(
+        None,
+        alias="SCARCHES_API_TOKENS",
+        description="Comma-separated API tokens; when set (or SCARCHES_API_TOKENS_FILE), every endpoint but /liveness "
+        "needs 'Authorization: Bearer <token>'. Unset: the API is open (fine on loopback only).",
+    )
+    api_tokens_file: Path | None = Field(
+        None,
+        alias="SCARCHES_API_TOKENS_FILE",
+        description="File of API tokens, one per line ('#' comments); read at start, added to SCARCHES_API_TOKENS.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        alias="SCARCHES_WEBHOOK_SECRET",
+        description="Secret that signs webhook bodies (X-Scarches-Signature: sha256=HMAC over '<timestamp>.<body>'); "
+        "unset: unsigned.",
+    )
+    webhook_allow: str = Field(
+        "",
+        alias="SCARCHES_WEBHOOK_ALLOW",
+        description="Comma-separated CIDRs and host names webhooks may call although not public (e.g. "
+        "10.0.0.0/8,hooks.internal); all other private, loopback, link-local and metadata addresses are refused.",
+    )
+    webhook_attempts: int = Field(
+        4, ge=1, le=10, alias="SCARCHES_WEBHOOK_ATTEMPTS", description="Tries per webhook (network errors, 5xx, 429)."
+    )
+    webhook_backoff: float = Field(
+        0.5,
+        ge=0,
+        alias="SCARCHES_WEBHOOK_BACKOFF",
+        description="Seconds before the first webhook retry; doubled for each next one, with ±50% jitter.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, alias="SCARCHES_MAX_BODY_BYTES", description="Largest request body accepted, in bytes (413 beyond)."
+    )
+    max_object_mb: int = Field(
+        50_000,
+        ge=0,
+        alias="SCARCHES_MAX_OBJECT_MB",
+        description="Largest input object (an .h5ad or model file) a job may read, in MiB (413 beyond); 0: no limit.",
+    )
+    max_cells: int = Field(
+        2_000_000, ge=0, alias="SCARCHES_MAX_CELLS", description="Most cells in one input file (422 beyond); 0: no limit."
+    )
+    max_genes: int = Field(
+        100_000, ge=0, alias="SCARCHES_MAX_GENES", description="Most genes in one input file (422 beyond); 0: no limit."
+    )
+    allowed_buckets: str = Field(
+        "",
+        alias="SCARCHES_ALLOWED_BUCKETS",
+        description="Comma-separated S3 buckets that s3:// keys may name besides AWS_BUCKET (403 for any other).",
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 current_job: ContextVar[str | None] = ContextVar("scarches_job_id", default=None)
 
-_NOISY = ("scvi", "lightning", "lightning.pytorch", "lightning_fabric", "numba", "py.warnings", "urllib3", "botocore")
+_NOISY = ("scvi", "lightning", "lightning.pytorch", "lightning_fabric", "numba", "urllib3", "botocore")
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "job_id"}
 
 
@@ -85,3 +85,4 @@ def configure_logging(fmt: str = "json", level: int | str = logging.INFO, *, str
     root.setLevel(level)
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)  # library deprecation chatter, once per process

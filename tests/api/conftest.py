@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from helpers import FAST_EPOCHS, fast_config, liu_files
+from service_settings import settings_for
 from s3server import S3Server, free_ports, start_s3_server, stop_s3_server
 from scarches_api.api import create_app
 from scarches_api.config import Settings
@@ -53,19 +54,6 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
-
-
-def settings_for(tmp: Path, **env: object) -> Settings:
-    """Settings with every folder under ``tmp``; ``env`` uses the environment variable names (AWS_BUCKET, ...)."""
-    env.setdefault("AWS_BUCKET", None)  # a bucket in the developer's environment must not leak into a local test
-    return Settings(
-        SCARCHES_DATA_DIR=tmp / "store",
-        SCARCHES_WORK_DIR=tmp / "work",
-        SCARCHES_JOBS_DB=tmp / "jobs.sqlite",
-        SCARCHES_CACHE_DIR=tmp / "cache",
-        SCARCHES_WEBHOOK_TIMEOUT=5.0,
-        **env,
-    )
 
 
 def s3_settings(tmp: Path, server: S3Server, **env: object) -> Settings:

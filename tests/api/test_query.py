@@ -187,3 +187,17 @@ def test_unexpected_failure_is_500_with_an_error_id_in_the_logs(local_settings, 
     assert "secret" not in response.text and "Traceback" not in response.text
     logged = [r for r in caplog.records if body["error_id"] in r.getMessage()]
     assert logged and logged[0].exc_info and "secret internals" in str(logged[0].exc_info[1])
+
+
+@pytest.mark.s3
+def test_check_reports_in_seconds_without_a_job(api, keys, readme_body) -> None:
+    with api.client() as client:
+        answer = client.post("/check", json=readme_body("check"))
+        jobs_before = client.get("/jobs").json()["count"]
+        bad = client.post("/check", json=readme_body("check-bad", condition_key="donor"))
+        assert client.get("/jobs").json()["count"] == jobs_before
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert report["verdict"] == "ok" and report["genes"]["overlap_after"] == 1.0 and report["query"]["cells"] == 150
+    assert bad.status_code == 200 and bad.json()["verdict"] == "error"
+    assert any("donor" in reason for reason in bad.json()["reasons"])

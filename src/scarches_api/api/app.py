@@ -7,13 +7,14 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scarches_api import __version__
-from scarches_api.api.routes import health, jobs, metrics, query
+from scarches_api.api.routes import check, health, jobs, metrics, query
+from scarches_api.api.security import load_tokens, require_token, startup_warning
 from scarches_api.config import Settings
 from scarches_api.errors import ScarchesError
 from scarches_api.io.storage import Storage, storage_from_settings
@@ -22,6 +23,7 @@ from scarches_api.jobs.engine import JobEngine
 from scarches_api.jobs.metrics import registry_for
 from scarches_api.jobs.models import CPU_QUEUE, GPU_QUEUE
 from scarches_api.jobs.store import JobStore
+from scarches_api.limits import BodySizeLimit
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
+        if warning := startup_warning(settings):
+            log.warning(warning)
         log.info(
             "serving with storage: %s; jobs in %s; queue: %s", storage.describe(), job_store.describe(),
             engine.describe_broker(),
@@ -56,7 +60,15 @@ def create_app(
         finally:
             engine.stop()
 
-    app = FastAPI(title="scArches API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="scArches API",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        dependencies=[Depends(require_token)],  # every endpoint but /liveness, when tokens are configured
+    )
+    app.state.api_tokens = load_tokens(settings)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.state.settings = settings
     app.state.storage = storage
     app.state.job_store = job_store
@@ -65,6 +77,7 @@ def create_app(
     add_error_handlers(app)
     app.include_router(health.router)
     app.include_router(query.router)
+    app.include_router(check.router)
     app.include_router(jobs.router)
     app.include_router(metrics.router)
     return app
@@ -75,7 +88,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ScarchesError)
     async def domain_error(request: Request, exc: ScarchesError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def request_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -20,6 +20,10 @@ def load_catalogue() -> dict[str, dict[str, Any]]:
 
 def atlas_entry(name: str) -> dict[str, Any]:
     """The catalogue entry for an atlas display name (case-insensitive)."""
+    if not isinstance(name, str):
+        raise ConfigError(
+            f"key 'atlas': must be an atlas name (a string), not a JSON {type(name).__name__}", details={"keys": ["atlas"]}
+        )
     catalogue = load_catalogue()
     try:
         return catalogue[name.lower()]

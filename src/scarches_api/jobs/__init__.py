@@ -7,9 +7,8 @@ celery_app (the Celery configuration), engine (the API's side: submit, wait, can
 
 from scarches_api.jobs.errors import JobCancelled, JobConflictError, JobInterrupted, JobSuperseded
 from scarches_api.jobs.models import Job, JobStatus
-from scarches_api.jobs.runner import require_keys
 from scarches_api.jobs.store import JobStore
 
 __all__ = [
-    "Job", "JobCancelled", "JobConflictError", "JobInterrupted", "JobStatus", "JobStore", "JobSuperseded", "require_keys",
+    "Job", "JobCancelled", "JobConflictError", "JobInterrupted", "JobStatus", "JobStore", "JobSuperseded",
 ]

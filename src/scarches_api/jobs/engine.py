@@ -29,6 +29,7 @@ from scarches_api.jobs.errors import JobConflictError
 from scarches_api.jobs.models import FINAL, Job, JobStatus
 from scarches_api.jobs.reaper import Reaper
 from scarches_api.jobs.store import JobStore
+from scarches_api.jobs.worker import EXIT_LOCKED, embedded_lock_path, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,9 @@ class JobEngine:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         ended: float | None = None
-        webhook_budget = 3 * self.settings.webhook_timeout + 10
+        attempts = int(getattr(self.settings, "webhook_attempts", 3))
+        backoff = float(getattr(self.settings, "webhook_backoff", 0.5))
+        webhook_budget = attempts * self.settings.webhook_timeout + backoff * 2**attempts * 1.5 + 10
         while True:
             job = await anyio.to_thread.run_sync(self.store.get, job_id)
             if job.status in FINAL:
@@ -164,6 +167,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
             env.pop(key, None)
         elif isinstance(value, bool):
             env[key] = "true" if value else "false"
+        elif hasattr(value, "get_secret_value"):
+            env[key] = value.get_secret_value()
         else:
             env[key] = str(value)
     return env
@@ -197,6 +202,13 @@ class EmbeddedWorker:
         while not self._stopping.is_set():
             if not self._wanted.wait(0.5):
                 continue
+            # Another API process's worker serves this broker (gunicorn runs several): look again later. The worker
+            # takes the lock itself; this probe only saves starting a process that would exit at once.
+            probe = try_lock(embedded_lock_path(self.settings))
+            if probe is None:
+                self._stopping.wait(5.0)
+                continue
+            probe.close()
             command = [sys.executable, "-m", "scarches_api", "worker", "--embedded",
                        "--concurrency", str(worker_concurrency(self.settings))]
             env = worker_env(self.settings)
@@ -210,27 +222,33 @@ class EmbeddedWorker:
             if self._stopping.is_set():
                 return
             code = self.process.returncode
-            if code == 3:  # another API process's worker serves this broker; check again later
+            if code == EXIT_LOCKED:  # another API process's worker took the lock first; check again later
                 self._stopping.wait(5.0)
             else:
                 log.warning("embedded worker exited with %s; starting it again", code)
                 self._stopping.wait(self.restart_delay)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop the worker: SIGTERM (running jobs may finish) for ``timeout`` s, then SIGKILL its process group."""
+        """Stop the worker: SIGTERM (warm shutdown: a running job may finish) for ``timeout`` s, then SIGKILL its
+        process group (a job killed so is re-queued by the reaper when the service is back)."""
         self._stopping.set()
         process = self.process
         if process is not None and process.poll() is None:
             try:
-                os.killpg(process.pid, signal.SIGTERM)
+                os.kill(process.pid, signal.SIGTERM)  # the worker stops its pool processes itself
                 process.wait(timeout=timeout)
             except ProcessLookupError:
                 pass
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                pass
+        if process is not None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # whatever is left of its group
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
                 process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log.warning("embedded worker %d did not exit", process.pid)
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scarches_api.config import Settings
+from scarches_api.jobs import runner
+from scarches_api.jobs.celery_app import TASK_NAME, embedded_folders, is_embedded
 from scarches_api.jobs.models import Job, JobStatus
+from scarches_api.jobs.store import cancelled_error
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,6 @@ class Reaper:
 
     def tick(self) -> dict[str, int]:
         """One round: returns how many jobs were re-queued, failed, cancelled and hard-stopped."""
-        from scarches_api.jobs.store import cancelled_error
-
         counts = {"requeued": 0, "failed": 0, "cancelled": 0, "hard_stopped": 0}
         store, settings = self.store, self.settings
         for job in store.stale(settings.stale_after):
@@ -107,20 +108,14 @@ class Reaper:
         if self._send is not None:
             self._send(job, task_id)
             return
-        from scarches_api.jobs.celery_app import TASK_NAME
-
         self.celery.send_task(TASK_NAME, args=[job.id], task_id=task_id, queue=job.queue)
 
     def _notify(self, job_id: str) -> None:
-        from scarches_api.jobs import runner
-
         threading.Thread(
             target=_safe_notify, args=(runner, job_id, self.store, self.settings), name="reaper-webhook", daemon=True
         ).start()
 
     def _prune_processed(self) -> None:
-        from scarches_api.jobs.celery_app import embedded_folders, is_embedded
-
         if not is_embedded(self.settings) or time.time() - self._last_prune < 300:
             return
         self._last_prune = time.time()

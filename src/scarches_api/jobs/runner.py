@@ -16,10 +16,11 @@ from scarches_api.config import QueryConfig, Settings
 from scarches_api.errors import ConfigError, NotFoundError, ScarchesError
 from scarches_api.io.cache import ReferenceCache, shared_cache
 from scarches_api.io.storage import Storage
+from scarches_api.io.tenx import input_format
+from scarches_api.limits import check_object_size, check_shape, check_storage_keys, h5ad_shape, object_size
 from scarches_api.jobs.errors import JobInterrupted
-from scarches_api.jobs.models import Job, JobStatus
+from scarches_api.jobs.models import Job
 from scarches_api.jobs.store import JobStore
-from scarches_api.mapping import run_mapping
 from scarches_api.webhooks import deliver
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,10 @@ def names_bundle(config: QueryConfig, storage: Storage, settings: Settings) -> b
 
 
 def check_job_inputs(config: QueryConfig, storage: Storage, settings: Settings) -> None:
-    """Fail before queueing when a key is missing from the configuration or from the storage (404 naming it)."""
+    """Fail before queueing when a key is missing from the configuration or from the storage (404 naming it),
+    names a bucket other than the configured ones, or is larger than allowed (413)."""
     require_keys(config)
+    check_storage_keys(config, settings)
     bundle = names_bundle(config, storage, settings)
     if not config.reference_data and (not bundle or config.full_recompute):
         raise ConfigError(
@@ -101,6 +104,7 @@ def check_job_inputs(config: QueryConfig, storage: Storage, settings: Settings) 
             raise NotFoundError(
                 f"{name}: key {key!r} not found in {storage.describe()}", details={"key": name, "value": key}
             )
+        check_object_size(key, object_size(storage, key), settings)
 
 
 def _named(exc: ScarchesError, name: str, key: str) -> ScarchesError:
@@ -119,6 +123,8 @@ def internal_error(context: str) -> dict[str, Any]:
 def _map(
     job_id: str, config: QueryConfig, store: ProgressSink, storage: Storage, settings: Settings, work_dir: Path
 ) -> dict[str, Any]:
+    from scarches_api.mapping import run_mapping  # torch and scvi-tools: loaded by the process that maps, when it maps
+
     inputs = work_dir / "inputs"
 
     def report(stage: str, info: dict[str, Any]) -> None:
@@ -145,6 +151,10 @@ def _map(
             else:
                 # The key's own file name, so that messages about the file name what the caller sent.
                 local[name] = storage.fetch(key, inputs / name / (PurePosixPath(key).name or f"{name}.h5ad"))
+                if input_format(local[name]) == "h5ad":
+                    # Only the HDF5 metadata is read: an oversized or truncated file is refused before loading.
+                    role = "reference" if name == "reference_data" else "query"
+                    check_shape(*h5ad_shape(local[name], role=role), role, settings)
         except ScarchesError as exc:
             raise _named(exc, name, key) from None
     # The separator follows the output key's extension; the local name only has to carry it.
@@ -164,6 +174,11 @@ def _map(
     # Model first, table last: the caller takes the table's appearance as the sign that everything is there.
     if config.model_path and mapping.model_dir is not None:
         locations["model"] = storage.publish_tree(mapping.model_dir, config.model_path)
+    output_key = PurePosixPath(str(config.output_path))
+    for name, path in mapping.reports.items():
+        # Beside the table, named after it: cells.tsv → cells.report.json, cells.report.html, cells.manifest.json.
+        suffix = path.name.split(".", 1)[1]  # "report.json" of "result.report.json"
+        locations[name] = storage.publish(path, str(output_key.with_name(f"{output_key.stem}.{suffix}")))
     locations["output"] = storage.publish(mapping.output, str(config.output_path))
     return {
         "output_path": config.output_path,
@@ -191,11 +206,17 @@ def notify(job_id: str, store: JobStore, settings: Settings) -> None:
     url = job.config.get("webhook")
     if not url:
         return
-    delivery = deliver(url, webhook_payload(job), settings.webhook_timeout)
+    delivery = deliver(url, webhook_payload(job), settings.webhook_timeout, **webhook_options(settings))
     store.set_webhook(job_id, delivery.to_dict())
 
 
-def abandon_job(job_id: str, store: JobStore, settings: Settings, reason: str) -> None:
-    """Fail a job that will never run (the service stopped first), and tell the caller."""
-    store.finish(job_id, JobStatus.FAILED, error={"error": reason, "kind": "interrupted", "status_code": 503})
-    notify(job_id, store, settings)
+def webhook_options(settings: Settings) -> dict[str, Any]:
+    """The server's webhook settings (allowlist, signing secret, attempts, backoff) for ``deliver``, where set."""
+    names = {"webhook_allow": "allow", "webhook_secret": "secret", "webhook_attempts": "attempts",
+             "webhook_backoff": "backoff"}
+    options = {key: getattr(settings, name, None) for name, key in names.items()}
+    return {
+        key: value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        for key, value in options.items()
+        if value is not None
+    }

@@ -23,6 +23,7 @@ from typing import Any
 from scarches_api.config import QueryConfig, Settings
 from scarches_api.errors import ScarchesError
 from scarches_api.io.storage import Storage, storage_from_settings
+from scarches_api.jobs import runner
 from scarches_api.jobs.errors import JobCancelled, JobSuperseded
 from scarches_api.jobs.models import Job, JobStatus
 from scarches_api.jobs.store import JobStore, cancelled_error
@@ -44,6 +45,20 @@ class WorkerContext:
 _settings: Settings | None = None
 _context: tuple[int, WorkerContext] | None = None
 _lock = threading.Lock()
+_inherited: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    """A forked pool process starts clean: another thread of the parent may have held the lock or a connection at the
+    fork, so neither is touched here (the parent's store is kept, unused and unclosed, so it is never finalised)."""
+    global _lock, _context
+    _lock = threading.Lock()
+    if _context is not None:
+        _inherited.append(_context)
+    _context = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def configure(settings: Settings) -> None:
@@ -59,7 +74,7 @@ def context() -> WorkerContext:
     with _lock:
         if _context is None or _context[0] != os.getpid():
             if _context is not None:
-                _context[1].store.engine.dispose(close=False)  # the parent's connections stay the parent's
+                _inherited.append(_context)  # the parent's connections stay the parent's
             from scarches_api.jobs.celery_app import job_database
 
             settings = _settings or Settings()
@@ -166,8 +181,6 @@ def remove_work_dirs(settings: Settings, job_id: str, *, keep: Path | None = Non
 
 def execute_job(job_id: str, ctx: WorkerContext) -> str:
     """Run one attempt of a job; returns what happened (for the task result and the log). Never raises."""
-    from scarches_api.jobs import runner
-
     settings, store, storage = ctx.settings, ctx.store, ctx.storage
     with job_context(job_id):
         claim = store.claim(
@@ -248,14 +261,30 @@ def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = Fals
     job_id = _job_id_of(request)
     if job_id is None or not terminated:
         return
-    # Off the consumer's thread: the webhook may take a while.
-    threading.Thread(target=finalize_killed_cancel, args=(job_id, context()), daemon=True).start()
+    # Off the consumer's thread (the webhook may take a while), and a moment later: the pool forks the killed
+    # process's replacement now, and a fork must not catch another thread half-way through anything.
+    timer = threading.Timer(1.0, finalize_killed_cancel, args=(job_id, context()))
+    timer.daemon = True
+    timer.start()
+
+
+def warm_up() -> None:
+    """Load in the worker's main process, before it forks its pool, what its threads (reaper, cancel hook) will use:
+    a pool process forked while another thread imports a module would wait for that import forever. The mapping code
+    (torch, scvi-tools) is loaded here too, once: every pool process, and each replacement of a lost one, starts with
+    it (shared, copy-on-write) instead of spending seconds importing it at its first job."""
+    import httpx
+
+    import scarches_api.mapping  # noqa: F401
+
+    ctx = context()
+    ctx.store.check()
+    ctx.store.stale(ctx.settings.stale_after)
+    httpx.Client(timeout=1.0, trust_env=False).close()
 
 
 def finalize_killed_cancel(job_id: str, ctx: WorkerContext) -> None:
     """The process of a cancelled job was killed (the hard stop): record it cancelled, clean up, tell the caller."""
-    from scarches_api.jobs import runner
-
     with job_context(job_id):
         try:
             remove_work_dirs(ctx.settings, job_id)

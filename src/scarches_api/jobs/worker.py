@@ -68,9 +68,11 @@ def run_worker(
         if lock is None:
             log.info("another embedded worker serves %s; not starting a second one", embedded_lock_path(settings))
             return EXIT_LOCKED
-    queues = queues or ([GPU_QUEUE] if gpu else [CPU_QUEUE])
+    # The embedded worker is the machine's only one: it takes GPU jobs too (on the GPU when there is one).
+    queues = queues or ([CPU_QUEUE, GPU_QUEUE] if embedded else [GPU_QUEUE] if gpu else [CPU_QUEUE])
     concurrency = concurrency or worker_concurrency(settings)
     tasks.configure(settings)
+    tasks.warm_up()
     tasks.connect_worker_signals()
     app = make_celery(settings)
     reaper = Reaper(settings, app, tasks.context)
