@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scarches_api.errors import ModelLoadError, NotFoundError
+from scarches_api.io.table import write_folder_atomic
 
 FORMAT = 1
 METADATA = "metadata.json"
@@ -92,10 +91,7 @@ def write_bundle(
     import scvi
     import torch
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    def fill(staging: Path) -> None:
         torch.save({k: v.detach().cpu() for k, v in model.module.state_dict().items()}, staging / "model_state.pt")
         np.save(staging / "latent.npy", np.asarray(latent, dtype=np.float32))
         np.save(staging / "embedding.npy", np.asarray(embedding, dtype=np.float32))
@@ -122,13 +118,8 @@ def write_bundle(
             "checksums": {name: _sha256(staging / name) for name in files},
         }
         (staging / METADATA).write_text(json.dumps(metadata, indent=1))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
+
+    return write_folder_atomic(out_dir, fill)
 
 
 # --- reading ----------------------------------------------------------------------------------------------------

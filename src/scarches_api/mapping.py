@@ -6,8 +6,6 @@ check inputs → load reference → align genes → surgery → train → predic
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from scarches_api.config import QueryConfig
 from scarches_api.errors import InputDataError, ModelLoadError
 from scarches_api.io.h5ad import require_obs_key, use_counts
 from scarches_api.io.tenx import read_input
-from scarches_api.io.table import write_atomic, write_table
+from scarches_api.io.table import write_atomic, write_folder_atomic, write_table
 from scarches_api.bundle import ReferenceBundle
 from scarches_api.labels import LabelCall, Neighbours, ReferenceIndex, call_labels, label_probabilities, place
 from scarches_api.models import MODELS, SurgeryModel
@@ -391,18 +389,7 @@ def write_manifest(state: MappingState, output: Path, inputs: dict, outputs: dic
 
 def write_model(model: Any, model_out: Path) -> Path:
     """Save the fine-tuned model as a folder holding model.pt, replacing any previous one only once complete."""
-    model_out = Path(model_out)
-    model_out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{model_out.name}.", dir=model_out.parent))
-    try:
-        model.save(str(staging), overwrite=True, save_anndata=False)
-        if model_out.exists():
-            shutil.rmtree(model_out)
-        staging.replace(model_out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return model_out
+    return write_folder_atomic(model_out, lambda staging: model.save(str(staging), overwrite=True, save_anndata=False))
 
 
 # --- the whole job ----------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,12 +12,12 @@ import anndata as ad
 import httpx
 import pandas as pd
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from helpers import FAST_EPOCHS, fast_config, liu_files
+from live_server import LiveServer
 from service_settings import settings_for
-from s3server import S3Server, free_ports, start_s3_server, stop_s3_server
+from s3server import S3Server, start_s3_server, stop_s3_server
 from scarches_api.api import create_app
 from scarches_api.config import Settings
 from webhook_receiver import WebhookReceiver
@@ -28,32 +27,6 @@ REFERENCE_KEY = "liu/reference.h5ad"
 QUERY_KEY = "liu/query.h5ad"
 BROKEN_KEY = "liu/broken.h5ad"
 PRETRAINED_SCVI_KEY = "models/liu-scvi/model.pt"
-
-
-class LiveServer:
-    """The app served by uvicorn on a free loopback port, in a background thread of the test process."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.port = free_ports(1)[0]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, name="live-api", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the live API server did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 def s3_settings(tmp: Path, server: S3Server, **env: object) -> Settings:
@@ -124,7 +97,7 @@ def api(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """The service against the test S3 server, over real HTTP."""
     settings = s3_settings(tmp_path_factory.mktemp("api"), s3_server)
     app = create_app(settings)
-    live = LiveServer(app).start()
+    live = LiveServer(app, stop_timeout=30).start()
     yield Api(live.url, settings, app)
     live.stop()
 

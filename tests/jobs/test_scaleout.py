@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from engine_helpers import PUBLISHED, outputs, LONG, LiveServer, body, engine_settings, final, training, wait_for
+from engine_helpers import LONG, PUBLISHED, body, engine_settings, final, outputs, training, wait_for
+from live_server import LiveServer
 from scarches_api.api import create_app
 from scarches_api.config import Settings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,6 +30,25 @@ def write_atomic(path: str | Path, write) -> Path:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_folder_atomic(path: str | Path, fill) -> Path:
+    """Call ``fill(staging_dir)`` on a temporary folder beside ``path``, then move it into place.
+
+    The folder appears at ``path`` only once complete (a previous one is replaced); a failure leaves nothing behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        fill(staging)
+        if path.exists():
+            shutil.rmtree(path)
+        staging.replace(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
 
