@@ -158,3 +158,19 @@ def test_records_of_the_earlier_sqlite_store_are_imported(tmp_path: Path) -> Non
     assert store.get("old-done").result == {"output_path": "x"} and store.get("old-done").status is JobStatus.DONE
     assert store.get("old-queued").status is JobStatus.FAILED  # its runner thread died with the old process
     assert [j.id for j in store.list()[0]] == ["old-queued", "old-done"]
+
+
+def test_an_idempotency_key_creates_one_job_even_when_racing(store: JobStore) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scarches_api.jobs.errors import JobConflictError
+
+    config = {"query_data": "q.h5ad", "output_path": "out.tsv"}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        made = list(pool.map(lambda _: store.create_once(config, key="k-1"), range(8)))
+    assert len({job.id for job, _ in made}) == 1 and sum(created for _, created in made) == 1
+    assert store.job_for_key("k-1", config).id == made[0][0].id
+    assert store.job_for_key("k-2", config) is None
+    with pytest.raises(JobConflictError, match="another configuration"):
+        store.create_once({**config, "output_path": "other.tsv"}, key="k-1")
+    assert store.list()[1] == 1

@@ -68,9 +68,17 @@ class JobEngine:
             self.embedded.stop()
 
     # --- jobs -------------------------------------------------------------------------------------------------------
-    def submit(self, config: dict[str, Any], *, mode: str = "async") -> Job:
-        """Record a job and queue it; a queue that can't be reached fails the job (and answers 503)."""
-        job = self.store.create(config, mode=mode, queue=queue_for(config))
+    def submit(self, config: dict[str, Any], *, mode: str = "async", idempotency_key: str | None = None) -> Job:
+        """Record a job and queue it; a queue that can't be reached fails the job (and answers 503).
+
+        With ``idempotency_key``, a key seen before returns that key's job (queued, running or ended) instead.
+        """
+        if idempotency_key:
+            job, created = self.store.create_once(config, key=idempotency_key, mode=mode, queue=queue_for(config))
+            if not created:
+                return job
+        else:
+            job = self.store.create(config, mode=mode, queue=queue_for(config))
         try:
             self.send(job.id, job.queue, job.task_id or job.id)
         except Exception as exc:

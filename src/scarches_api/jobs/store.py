@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from scarches_api.errors import NotFoundError
+from scarches_api.jobs.errors import JobConflictError
 from scarches_api.jobs.models import CPU_QUEUE, FINAL, Job, JobStatus
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,16 @@ jobs = sa.Table(
     sa.Column("published_attempt", sa.Integer),
 )
 
+# Idempotency-Key of POST /query → the job it started, and a hash of the configuration it was sent with.
+idempotency_keys = sa.Table(
+    "scarches_idempotency_keys",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("job_id", sa.String(64), nullable=False),
+    sa.Column("config_sha256", sa.String(64), nullable=False),
+    sa.Column("created_ts", sa.Float, nullable=False),
+)
+
 stage_durations = sa.Table(
     "scarches_stage_durations",
     metadata,
@@ -70,6 +81,12 @@ stage_durations = sa.Table(
 
 _JSON_FIELDS = ("config", "result", "error", "webhook_delivery")
 _ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+def _config_sha256(config: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def now() -> str:
@@ -147,6 +164,47 @@ class JobStore:
                 )
             )
         return self.get(job_id)
+
+    def create_once(self, config: dict[str, Any], *, key: str, mode: str = "async", queue: str = CPU_QUEUE) -> tuple[Job, bool]:
+        """The job started under idempotency ``key``, creating it if there is none: (job, created).
+
+        The key and the job are inserted in one transaction, so of two requests racing with one key exactly one
+        creates the job. The same key with another configuration is a JobConflictError (409).
+        """
+        found = self.job_for_key(key, config)
+        if found is not None:
+            return found, False
+        job_id, digest = uuid.uuid4().hex, _config_sha256(config)
+        stamp, ts = now(), time.time()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(idempotency_keys.insert().values(key=key, job_id=job_id, config_sha256=digest, created_ts=ts))
+                conn.execute(
+                    jobs.insert().values(
+                        id=job_id, status=JobStatus.QUEUED.value, mode=mode, queue=queue, config=_dump(config),
+                        created_at=stamp, updated_at=stamp, created_ts=ts, attempts=0, requeues=0, task_id=job_id,
+                    )
+                )
+        except sa.exc.IntegrityError:  # another request with this key won the race
+            found = self.job_for_key(key, config)
+            if found is None:
+                raise
+            return found, False
+        return self.get(job_id), True
+
+    def job_for_key(self, key: str, config: dict[str, Any]) -> Job | None:
+        """The job started under idempotency ``key``, or None; 409 when the key came with another configuration."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(idempotency_keys).where(idempotency_keys.c.key == key)).mappings().first()
+        if row is None:
+            return None
+        if row["config_sha256"] != _config_sha256(config):
+            raise JobConflictError(
+                f"Idempotency-Key {key!r} was used for job {row['job_id']} with another configuration; use a new key "
+                "for a new query",
+                details={"job_id": row["job_id"]},
+            )
+        return self.get(row["job_id"])
 
     def get(self, job_id: str) -> Job:
         with self.engine.connect() as conn:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -17,6 +17,12 @@ from scarches_api.jobs.models import JobStatus
 from scarches_api.jobs.runner import check_job_inputs
 
 router = APIRouter(tags=["query"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255,
+           description="A key of the caller's choosing: a repeated POST with the same key returns the same job."),
+]
 
 # The body is parsed by hand (any Content-Type is accepted), so the schema is given to OpenAPI explicitly.
 _BODY_SCHEMA = QueryConfig.model_json_schema(by_alias=True)
@@ -56,14 +62,19 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 
 
 @router.post("/query", response_model=QueryAccepted, responses=_ERRORS, openapi_extra=_OPENAPI_BODY)
-async def query(request: Request, settings: SettingsDep, storage: StorageDep, engine: EngineDep) -> Any:
+async def query(
+    request: Request, settings: SettingsDep, storage: StorageDep, engine: EngineDep, idempotency_key: IdempotencyKey = None
+) -> Any:
     """Map query data onto a reference; answer with the used configuration (at once when `async` is true)."""
     config = build_config(parse_body(await request.body()))
-    await run_in_threadpool(check_job_inputs, config, storage, settings)
     used = config.used()
     mode = "async" if config.async_ else "sync"
+    # A repeated request (same Idempotency-Key) gets its first job back, whatever became of its inputs since.
+    seen = await run_in_threadpool(engine.store.job_for_key, idempotency_key, used) if idempotency_key else None
+    if seen is None:
+        await run_in_threadpool(check_job_inputs, config, storage, settings)
     # Sync or async, the job goes to the same queue and workers: durable, visible, cancellable either way.
-    job = await run_in_threadpool(engine.submit, used, mode=mode)
+    job = seen or await run_in_threadpool(engine.submit, used, mode=mode, idempotency_key=idempotency_key)
     if config.async_:
         return QueryAccepted(**used, job_id=job.id, status=job.status)
     # Sync: the caller waits on the open connection while a worker runs the job (no thread is held meanwhile).
