@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install clean readme-config bench
+.PHONY: demo test install clean readme-config bench faults
 
 # torch first, pinned, so nothing pulls a multi-GB CUDA build; then the package with its test extras.
 $(VENV)/.installed: pyproject.toml
@@ -29,3 +29,7 @@ readme-config: $(VENV)/.installed
 # The fast-path benchmark, CI-sized (full size: .venv/bin/python bench/fastpath.py --scales 0,100000,300000).
 bench: $(VENV)/.installed
 	$(PY) bench/fastpath.py --quick
+
+# docs/faults.md: every test marked `fault`, with what it observed (its intro text above the table is kept).
+faults: $(VENV)/.installed
+	SCARCHES_FAULT_TABLE=docs/faults.md $(PY) -m pytest -ra -m fault

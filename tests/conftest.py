@@ -5,3 +5,6 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 logging.getLogger("scvi").setLevel(logging.WARNING)
 logging.getLogger("lightning").setLevel(logging.WARNING)
+
+# The table of faults (docs/faults.md): hooks in faults_table.py, here so pytest finds them.
+from faults_table import pytest_runtest_makereport, pytest_sessionfinish  # noqa: E402, F401

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
 import anndata as ad
+import httpx
 
 from scarches_api.config import QueryConfig, build_config
 from scarches_api.datasets import fetch_liu_demo, split_liu
@@ -48,3 +52,15 @@ def liu_files(tmp_dir: str | Path, cells_per_batch: int = 150, seed: int = 0) ->
 def fast_config(model: str = "scVI", **overrides) -> QueryConfig:
     """A liu_demo config with FAST_EPOCHS."""
     return build_config({"model": model, "atlas": "liu_demo", "n_neighbors": 5, **FAST_EPOCHS, **overrides})
+
+
+def wait_for(client: httpx.Client, job_id: str, predicate: Callable[[dict], bool], *, timeout: float, what: str) -> dict:
+    """Poll GET /jobs/{id} until ``predicate(job)``; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    job: dict = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id}: not {what} within {timeout} s: {json.dumps(job)[:2000]}")

@@ -38,6 +38,7 @@ class S3Server:
     process: subprocess.Popen
     data_dir: Path
     log_path: Path
+    ports: dict[str, int]
 
     def client(self, *, access_key: str | None = None, secret_key: str | None = None) -> Any:
         import boto3
@@ -83,8 +84,12 @@ def start_s3_server(
     access_key: str = ACCESS_KEY,
     secret_key: str = SECRET_KEY,
     timeout: float = 30.0,
+    ports: dict[str, int] | None = None,
 ) -> S3Server:
-    """Start weed mini with one identity (access_key/secret_key) and ``buckets``; return once S3 answers signed calls."""
+    """Start weed mini with one identity (access_key/secret_key) and ``buckets``; return once S3 answers signed calls.
+
+    ``ports`` (a stopped server's) restarts it where it was: same endpoint, same data.
+    """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     identity = {
@@ -98,7 +103,7 @@ def start_s3_server(
     }
     identity_path = data_dir / "s3_identity.json"
     identity_path.write_text(json.dumps(identity))
-    ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES))))
+    ports = ports or dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES))))
     args = [
         weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         *(f"-{name}={port}" for name, port in ports.items()),
@@ -112,7 +117,7 @@ def start_s3_server(
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = S3Server(
         endpoint=f"http://127.0.0.1:{ports['s3.port']}", bucket=buckets[0], access_key=access_key,
-        secret_key=secret_key, process=process, data_dir=data_dir, log_path=log_path,
+        secret_key=secret_key, process=process, data_dir=data_dir, log_path=log_path, ports=ports,
     )
     _wait_ready(server, buckets, timeout)
     return server
@@ -148,3 +153,9 @@ def stop_s3_server(server: S3Server, timeout: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=5)
+
+
+def restart_s3_server(server: S3Server, timeout: float = 60.0) -> S3Server:
+    """Start a stopped server again on its data folder and ports (the endpoint clients hold keeps working)."""
+    return start_s3_server(server.data_dir, buckets=(server.bucket,), access_key=server.access_key,
+                           secret_key=server.secret_key, timeout=timeout, ports=server.ports)

@@ -43,15 +43,17 @@ def test_rebuilt_model_gives_the_stored_latent(scanvi_bundle, files):
     np.testing.assert_allclose(latent, bundle.latent, rtol=1e-4, atol=1e-4)
 
 
-def test_tampered_bundle_is_refused(scanvi_bundle, tmp_path):
+@pytest.mark.fault("tampered reference bundle (latent.npy changed after its checksum)")
+def test_tampered_bundle_is_refused(scanvi_bundle, tmp_path, record_property):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(scanvi_bundle, copy)
     latent = np.load(copy / "latent.npy")
     np.save(copy / "latent.npy", latent + 1)
-    with pytest.raises(ModelLoadError, match="latent.npy is missing or does not match its checksum"):
+    with pytest.raises(ModelLoadError, match="latent.npy is missing or does not match its checksum") as err:
         read_bundle(copy)
+    record_property("observed", f"{type(err.value).__name__}: {str(err.value)[:160]}")
 
 
 def test_fast_path_gives_the_full_paths_columns_and_rows(scanvi_bundle, files, tmp_path):

@@ -4,6 +4,7 @@ and .h5ad files that are not, or no longer, whole."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -96,22 +97,32 @@ def test_body_under_the_limit_passes(served: tuple[str, FastAPI]) -> None:
     assert httpx.post(f"{url}/raw", content=chunks(LIMIT)).json() == {"got": LIMIT}  # chunked, exactly at the limit
 
 
-def test_declared_oversize_body_is_refused_before_the_app_runs(served: tuple[str, FastAPI]) -> None:
+@pytest.mark.fault("oversize body with a declared Content-Length (5x the limit)")
+def test_declared_oversize_body_is_refused_before_the_app_runs(served: tuple[str, FastAPI], record_property) -> None:
     url, app = served
     before = list(app.state.bodies)
-    assert_413(httpx.post(f"{url}/raw", content=b"y" * (LIMIT * 5)))
+    answer = httpx.post(f"{url}/raw", content=b"y" * (LIMIT * 5))
+    assert_413(answer)
     assert app.state.bodies == before
+    record_property("observed", f"{answer.status_code}: {answer.json()['error'][:140]}; "
+                                f"app read {len(app.state.bodies) - len(before)} bodies")
 
 
-def test_chunked_oversize_body_is_refused(served: tuple[str, FastAPI]) -> None:
+@pytest.mark.fault("oversize chunked body (no Content-Length), to a raw and a JSON-model endpoint")
+def test_chunked_oversize_body_is_refused(served: tuple[str, FastAPI], record_property) -> None:
     url, app = served
     before = list(app.state.bodies)
-    assert_413(httpx.post(f"{url}/raw", content=chunks(LIMIT * 5)))
-    assert_413(httpx.post(f"{url}/model", content=chunks(LIMIT * 5), headers={"content-type": "application/json"}))
+    raw = httpx.post(f"{url}/raw", content=chunks(LIMIT * 5))
+    assert_413(raw)
+    model = httpx.post(f"{url}/model", content=chunks(LIMIT * 5), headers={"content-type": "application/json"})
+    assert_413(model)
     assert app.state.bodies == before
+    record_property("observed", f"/raw: {raw.status_code} {raw.json()['kind']}; /model: {model.status_code} "
+                                f"{model.json()['kind']}; app read {len(app.state.bodies) - len(before)} bodies")
 
 
-def test_a_lying_content_length_is_counted_not_trusted() -> None:
+@pytest.mark.fault("lying Content-Length (declares 10 bytes, sends 3000)")
+def test_a_lying_content_length_is_counted_not_trusted(record_property) -> None:
     app = make_app()
     messages = [{"type": "http.request", "body": b"z" * 600, "more_body": True} for _ in range(5)]
     read: list[int] = []
@@ -134,6 +145,9 @@ def test_a_lying_content_length_is_counted_not_trusted() -> None:
     assert sent[0]["status"] == 413 and b"too_large" in sent[1]["body"]
     assert len(read) == 2  # stopped at the first chunk past the limit
     assert app.state.bodies == []
+    answer = json.loads(sent[1]["body"])
+    record_property("observed", f"{sent[0]['status']} {answer['kind']}: {answer['error'][:100]}; "
+                                f"{len(read)} chunks read of 5; app read {len(app.state.bodies)} bodies")
 
 
 def limits(**kw: object) -> SimpleNamespace:
@@ -142,7 +156,8 @@ def limits(**kw: object) -> SimpleNamespace:
     return SimpleNamespace(**{**base, **kw})
 
 
-def test_object_size_limit_names_the_key_and_the_limit(tmp_path: Path) -> None:
+@pytest.mark.fault("storage object larger than SCARCHES_MAX_OBJECT_MB (60 GiB)")
+def test_object_size_limit_names_the_key_and_the_limit(tmp_path: Path, record_property) -> None:
     check_object_size("liu/query.h5ad", 49_000 * 2**20, limits())
     check_object_size("liu/query.h5ad", None, limits())
     with pytest.raises(TooLargeError) as info:
@@ -150,12 +165,14 @@ def test_object_size_limit_names_the_key_and_the_limit(tmp_path: Path) -> None:
     err = info.value
     assert err.status_code == 413 and "'liu/query.h5ad'" in err.message and "50000 MB" in err.message
     assert "SCARCHES_MAX_OBJECT_MB" in err.message and err.details["key"] == "liu/query.h5ad"
+    record_property("observed", f"{err.status_code} {type(err).__name__}: {err.message[:160]}")
     storage = LocalStorage(tmp_path)
     (tmp_path / "a.bin").write_bytes(b"0" * 1234)
     assert object_size(storage, "a.bin") == 1234 and object_size(storage, ".") is None
 
 
-def test_shape_limits_name_the_limit_and_how_to_raise_it() -> None:
+@pytest.mark.fault("too many cells (2,000,001) in the query; too many genes (120,000) in the reference")
+def test_shape_limits_name_the_limit_and_how_to_raise_it(record_property) -> None:
     check_shape(2_000_000, 100_000, "query", limits())
     check_shape(5_000_000, 100, "query", limits(max_cells=0))  # 0: no limit
     with pytest.raises(LimitError) as info:
@@ -163,29 +180,37 @@ def test_shape_limits_name_the_limit_and_how_to_raise_it() -> None:
     assert info.value.status_code == 422 and "query data has 2,000,001 cells" in info.value.message
     assert "2,000,000" in info.value.message and "SCARCHES_MAX_CELLS" in info.value.message
     assert "SCARCHES_MAX_GENES" not in info.value.message
-    with pytest.raises(LimitError, match="reference data has 120,000 genes.*SCARCHES_MAX_GENES"):
+    with pytest.raises(LimitError, match="reference data has 120,000 genes.*SCARCHES_MAX_GENES") as genes:
         check_shape(10, 120_000, "reference", limits())
+    record_property("observed", f"{info.value.status_code}: {info.value.message[:90]}; "
+                                f"{genes.value.status_code}: {genes.value.message[:90]}")
 
 
-def test_buckets_and_keys() -> None:
+@pytest.mark.fault("bucket not allowed; key in another bucket; key traversal (../, absolute, NUL, empty, backslash)")
+def test_buckets_and_keys(record_property) -> None:
     check_bucket("atlas", limits())
     check_bucket("shared-refs", limits(allowed_buckets="shared-refs, other"))
     with pytest.raises(ForbiddenKeyError) as info:
         check_bucket("someone-elses", limits())
     assert info.value.status_code == 403 and "SCARCHES_ALLOWED_BUCKETS" in info.value.message
     check_key("s3://atlas/liu/q.h5ad", limits(), config_key="query_data")
-    with pytest.raises(ForbiddenKeyError):
+    with pytest.raises(ForbiddenKeyError) as other:
         check_key("s3://secrets/creds.h5ad", limits(), config_key="query_data")
+    refused: list[str] = []
     for bad in ("../etc/passwd", "liu/../../x", "s3://atlas/a/../b", "/abs/key", "a\x00b", "", "s3://atlas", "a\\..\\b"):
         with pytest.raises(ConfigError) as err:
             check_key(bad, limits(), config_key="output_path")
         assert err.value.details["keys"] == ["output_path"], bad
+        refused.append(type(err.value).__name__)
     # Local storage: absolute paths are the storage's to judge (it confines them to the data folder).
     check_key("/data/store/q.h5ad", limits(aws_bucket=None))
     config = SimpleNamespace(reference_data="r.h5ad", query_data="q.h5ad", ref_path=None, output_path="../o.tsv",
                              model_path=None)
-    with pytest.raises(ConfigError, match="output_path"):
+    with pytest.raises(ConfigError, match="output_path") as stored:
         check_storage_keys(config, limits())
+    record_property("observed", f"bucket: {info.value.status_code} {type(info.value).__name__}; other bucket: "
+                                f"{other.value.status_code} {type(other.value).__name__}; {len(refused)} bad keys: "
+                                f"{', '.join(sorted(set(refused)))}; config: {stored.value.details.get('keys')}")
 
 
 @pytest.fixture(scope="module")
@@ -198,14 +223,17 @@ def small_h5ad(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_h5ad_shape_from_metadata(small_h5ad: Path, tmp_path: Path) -> None:
+@pytest.mark.fault(".h5ad with more cells than SCARCHES_MAX_CELLS (30 > 29)")
+def test_h5ad_shape_from_metadata(small_h5ad: Path, tmp_path: Path, record_property) -> None:
     assert h5ad_shape(small_h5ad, role="query") == (30, 12)
     assert read_h5ad_checked(small_h5ad, role="query", settings=limits()).shape == (30, 12)
-    with pytest.raises(LimitError, match="query data has 30 cells"):
+    with pytest.raises(LimitError, match="query data has 30 cells") as info:
         read_h5ad_checked(small_h5ad, role="query", settings=limits(max_cells=29))
+    record_property("observed", f"{info.value.status_code} {type(info.value).__name__}: {info.value.message[:160]}")
 
 
-def test_truncated_or_foreign_files_are_clear_errors(small_h5ad: Path, tmp_path: Path) -> None:
+@pytest.mark.fault("truncated .h5ad; text file as .h5ad; pickle stream as .h5ad; empty file")
+def test_truncated_or_foreign_files_are_clear_errors(small_h5ad: Path, tmp_path: Path, record_property) -> None:
     data = small_h5ad.read_bytes()
     truncated = tmp_path / "cut.h5ad"
     truncated.write_bytes(data[: len(data) // 3])
@@ -214,13 +242,15 @@ def test_truncated_or_foreign_files_are_clear_errors(small_h5ad: Path, tmp_path:
     assert info.value.status_code == 422
     text = tmp_path / "broken.h5ad"
     text.write_bytes(b"this is not an h5ad file")
-    with pytest.raises(InputDataError, match="not an .h5ad file \\(no HDF5 signature"):
+    with pytest.raises(InputDataError, match="not an .h5ad file \\(no HDF5 signature") as foreign:
         h5ad_shape(text, role="reference")
     pickle_file = tmp_path / "evil.h5ad"
     pickle_file.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)  # a pickle stream is never unpickled
-    with pytest.raises(InputDataError, match="no HDF5 signature"):
+    with pytest.raises(InputDataError, match="no HDF5 signature") as pickled:
         read_h5ad_checked(pickle_file, role="query", settings=limits())
     empty = tmp_path / "empty.h5ad"
     empty.write_bytes(b"")
-    with pytest.raises(InputDataError, match="empty file"):
+    with pytest.raises(InputDataError, match="empty file") as nothing:
         h5ad_shape(empty, role="query")
+    record_property("observed", "; ".join(f"{e.value.status_code}: {str(e.value).split(': ', 1)[-1][:42]}"
+                                          for e in (info, foreign, pickled, nothing)))

@@ -88,26 +88,32 @@ def test_a_pretrained_reference_model_is_used_from_ref_path(files, tmp_path):
     _check_table(second.table, 300, 150)
 
 
-def test_a_model_of_the_wrong_kind_at_ref_path_is_refused(files, tmp_path):
+@pytest.mark.fault("reference model of the wrong kind at ref_path (SCVI for totalVI)")
+def test_a_model_of_the_wrong_kind_at_ref_path_is_refused(files, tmp_path, record_property):
     ref, query = files
     run_mapping(fast_config("scVI"), reference=ref, query=query, output=tmp_path / "a.tsv", model_out=tmp_path / "m")
-    with pytest.raises(ModelLoadError, match="holds a SCVI model; model 'totalVI' can start from TOTALVI"):
+    with pytest.raises(ModelLoadError, match="holds a SCVI model; model 'totalVI' can start from TOTALVI") as err:
         run_mapping(fast_config("totalVI", ref_path=str(tmp_path / "m")), reference=ref, query=query,
                     output=tmp_path / "b.tsv", ref_model=tmp_path / "m")
     assert not (tmp_path / "b.tsv").exists()
+    record_property("observed", f"{type(err.value).__name__}: {str(err.value)[:140]}; "
+                                f"output written: {(tmp_path / 'b.tsv').exists()}")
 
 
-def test_a_legacy_model_folder_is_refused_with_the_conversion_to_run(files, tmp_path):
+@pytest.mark.fault("legacy (scvi-tools < 0.15) model folder at ref_path")
+def test_a_legacy_model_folder_is_refused_with_the_conversion_to_run(files, tmp_path, record_property):
     ref, query = files
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     (legacy / "model_params.pt").write_bytes(b"\0")
-    with pytest.raises(ModelLoadError, match="scvi-tools < 0.15.*convert_legacy_save"):
+    with pytest.raises(ModelLoadError, match="scvi-tools < 0.15.*convert_legacy_save") as err:
         run_mapping(fast_config("scVI", ref_path=str(legacy)), reference=ref, query=query,
                     output=tmp_path / "b.tsv", ref_model=legacy)
+    record_property("observed", f"{type(err.value).__name__}: {str(err.value)[:160]}")
 
 
-def test_partial_gene_overlap_is_padded_and_reported(files, tmp_path):
+@pytest.mark.fault("query missing 300 of the reference's 1000 genes")
+def test_partial_gene_overlap_is_padded_and_reported(files, tmp_path, record_property):
     ref, query = files
     adata = ad.read_h5ad(query)
     keep = np.ones(adata.n_vars, dtype=bool)
@@ -116,6 +122,9 @@ def test_partial_gene_overlap_is_padded_and_reported(files, tmp_path):
     result = run_mapping(fast_config("scVI"), reference=ref, query=tmp_path / "q.h5ad", output=tmp_path / "r.tsv")
     assert result.summary["genes"]["shared"] == 700 and result.summary["genes"]["share"] == 0.7
     _check_table(result.table, 300, 150)
+    genes = result.summary["genes"]
+    record_property("observed", f"mapped {len(result.table)} cells; genes shared {genes['shared']} "
+                                f"(share {genes['share']}); routes {genes['routes']}")
 
 
 def test_query_in_versioned_ensembl_ids_maps_onto_a_symbol_reference(files, tmp_path):
@@ -131,7 +140,8 @@ def test_query_in_versioned_ensembl_ids_maps_onto_a_symbol_reference(files, tmp_
     _check_table(result.table, 300, 150)
 
 
-def test_query_in_unknown_ids_is_refused_with_a_hint(files, tmp_path):
+@pytest.mark.fault("query with well-formed Ensembl IDs of no human gene")
+def test_query_in_unknown_ids_is_refused_with_a_hint(files, tmp_path, record_property):
     ref, query = files
     adata = ad.read_h5ad(query)
     adata.var_names = [f"ENSG9{i:010d}" for i in range(adata.n_vars)]  # well-formed IDs of no human gene
@@ -140,23 +150,30 @@ def test_query_in_unknown_ids_is_refused_with_a_hint(files, tmp_path):
         run_mapping(fast_config("scVI"), reference=ref, query=tmp_path / "q.h5ad", output=tmp_path / "r.tsv")
     assert info.value.status_code == 422
     assert not (tmp_path / "r.tsv").exists()
+    record_property("observed", f"{info.value.status_code} {type(info.value).__name__}: {str(info.value)[:160]}")
 
 
-def test_missing_condition_and_cell_type_keys_are_named(files, tmp_path):
+@pytest.mark.fault("condition_key and cell_type_key naming obs columns the data lacks")
+def test_missing_condition_and_cell_type_keys_are_named(files, tmp_path, record_property):
     ref, query = files
-    with pytest.raises(InputDataError, match="reference data has no obs column 'sample' \\(config key 'condition_key'\\)"):
+    with pytest.raises(
+        InputDataError, match="reference data has no obs column 'sample' \\(config key 'condition_key'\\)"
+    ) as cond:
         run_mapping(fast_config("scVI", condition_key="sample"), reference=ref, query=query, output=tmp_path / "r.tsv")
-    with pytest.raises(InputDataError, match="no obs column 'celltype' \\(config key 'cell_type_key'\\)"):
+    with pytest.raises(InputDataError, match="no obs column 'celltype' \\(config key 'cell_type_key'\\)") as cell:
         run_mapping(fast_config("scANVI", cell_type_key="celltype"), reference=ref, query=query, output=tmp_path / "r.tsv")
+    record_property("observed", f"{str(cond.value)[:90]}; {str(cell.value)[:90]}")
 
 
-def test_log_normalised_query_is_refused(files, tmp_path):
+@pytest.mark.fault("log-normalised query (log1p of the counts)")
+def test_log_normalised_query_is_refused(files, tmp_path, record_property):
     ref, query = files
     adata = ad.read_h5ad(query)
     adata.X = adata.X.log1p()
     adata.write_h5ad(tmp_path / "q.h5ad")
-    with pytest.raises(InputDataError, match="query data: X does not hold raw counts"):
+    with pytest.raises(InputDataError, match="query data: X does not hold raw counts") as err:
         run_mapping(fast_config("scVI"), reference=ref, query=tmp_path / "q.h5ad", output=tmp_path / "r.tsv")
+    record_property("observed", f"{err.value.status_code} {type(err.value).__name__}: {str(err.value)[:160]}")
 
 
 def test_check_input_moves_proteins_out_of_the_genes():

@@ -53,7 +53,8 @@ def test_ok_on_real_split(split):
     report.raise_if_error()
 
 
-def test_log_normalised_query_is_refused_with_the_fix(split):
+@pytest.mark.fault("log-normalised query (pre-flight check)")
+def test_log_normalised_query_is_refused_with_the_fix(split, record_property):
     reference, query = split
     report = preflight(fast_config("scVI"), query=_log_normalise(query), reference=reference)
     assert report.verdict == "error"
@@ -63,6 +64,7 @@ def test_log_normalised_query_is_refused_with_the_fix(split):
     with pytest.raises(InputDataError, match="log-normalised") as caught:
         report.raise_if_error()
     assert caught.value.status_code == 422 and caught.value.details["verdict"] == "error"
+    record_property("observed", f"verdict {report.verdict}; raised {caught.value.status_code}: {reason[:140]}")
 
 
 def test_counts_found_in_a_layer(split):
@@ -74,24 +76,31 @@ def test_counts_found_in_a_layer(split):
     assert any(i.code == "query_counts_elsewhere" for i in report.issues)
 
 
-def test_missing_key_is_named(split):
+@pytest.mark.fault("condition_key / cell_type_key naming obs columns the data lacks (pre-flight)")
+def test_missing_key_is_named(split, record_property):
     reference, query = split
     report = preflight(fast_config("scVI", condition_key="study"), query=query, reference=reference)
     assert report.verdict == "error"
     assert any("obs column 'study' missing from the query (config key condition_key)" in r for r in report.reasons)
     assert any("missing from the reference" in r for r in report.reasons)
+    study = report
     report = preflight(fast_config("scVI", cell_type_key="celltype"), query=query, reference=reference)
     assert report.verdict == "error" and "config key cell_type_key" in report.reasons[0]
+    record_property("observed", f"{study.verdict}: {study.reasons[0][:80]}; {report.verdict}: {report.reasons[0][:80]}")
 
 
-def test_low_overlap_is_an_error_and_marginal_overlap_a_warning(split):
+@pytest.mark.fault("query sharing 30% / 60% of the reference's genes (pre-flight)")
+def test_low_overlap_is_an_error_and_marginal_overlap_a_warning(split, record_property):
     reference, query = split
     genes = _genes_only(query)
     report = preflight(fast_config("scVI"), query=genes[:, :300].copy(), reference=reference)
     assert report.verdict == "error"
     assert any("gene overlap 30% < min_gene_overlap 50%" in r for r in report.reasons)
+    low = next(r for r in report.reasons if "gene overlap" in r)
+    low_verdict = report.verdict
     report = preflight(fast_config("scVI"), query=genes[:, :600].copy(), reference=reference)
     assert report.verdict == "warning" and "close to min_gene_overlap" in report.reasons[0]
+    record_property("observed", f"30%: {low_verdict}: {low[:80]}; 60%: {report.verdict}: {report.reasons[0][:80]}")
 
 
 def test_ensembl_query_overlaps_after_harmonisation(split):
@@ -109,7 +118,8 @@ def test_ensembl_query_overlaps_after_harmonisation(split):
     assert report.harmonisation.mapping[query.var_names[0]] == reference.var_names[0]
 
 
-def test_bundle_reference_and_proteins(split):
+@pytest.mark.fault("totalVI with an RNA-only query; totalVI with a reference lacking protein counts (pre-flight)")
+def test_bundle_reference_and_proteins(split, record_property):
     reference, query = split
     genes = list(_genes_only(reference).var_names)
     proteins = list(reference.var_names[reference.var["feature_types"] == "Antibody Capture"])
@@ -122,9 +132,12 @@ def test_bundle_reference_and_proteins(split):
     assert rna_only.verdict == "warning" and "no protein counts" in rna_only.reasons[0]
     no_panel = preflight(config, query=query, reference=_genes_only(reference))
     assert no_panel.verdict == "error" and "totalVI needs the reference's protein counts" in no_panel.reasons[0]
+    record_property("observed", f"RNA-only query: {rna_only.verdict}: {rna_only.reasons[0][:70]}; no panel: "
+                                f"{no_panel.verdict}: {no_panel.reasons[0][:70]}")
 
 
-def test_reads_paths_including_10x(split, tmp_path):
+@pytest.mark.fault("10x query without the batch column; a text file given as .h5ad (pre-flight)")
+def test_reads_paths_including_10x(split, tmp_path, record_property):
     reference, query = split
     reference.write_h5ad(tmp_path / "reference.h5ad")
     path = write_10x_h5(query, tmp_path / "filtered_feature_bc_matrix.h5")
@@ -133,8 +146,10 @@ def test_reads_paths_including_10x(split, tmp_path):
     assert report.query["format"] == "10x_h5_v3" and report.query["proteins"] == 192
     assert report.verdict == "error" and "obs column 'Batch' missing from the query" in report.reasons[0]
     (tmp_path / "bad.h5ad").write_text("not hdf5")
-    with pytest.raises(InputDataError, match="bad.h5ad"):
+    with pytest.raises(InputDataError, match="bad.h5ad") as err:
         preflight(fast_config("scVI"), query=tmp_path / "bad.h5ad", reference=reference)
+    record_property("observed", f"10x: {report.verdict}: {report.reasons[0][:70]}; bad.h5ad: "
+                                f"{type(err.value).__name__}: {str(err.value)[:70]}")
 
 
 def test_cost_model():

@@ -58,19 +58,28 @@ def test_liveness_stays_open(client: TestClient) -> None:
     assert client.get("/liveness").text == "up"
 
 
-def test_missing_token_is_401_with_www_authenticate(client: TestClient) -> None:
+@pytest.mark.fault("missing token: no Authorization header, Basic credentials, empty Bearer; POST without a token")
+def test_missing_token_is_401_with_www_authenticate(client: TestClient, record_property) -> None:
+    seen: list[str] = []
     for headers in ({}, {"Authorization": "Basic dXNlcjpwdw=="}, {"Authorization": "Bearer"}):
         answer = client.get("/jobs", headers=headers)
         assert answer.status_code == 401, headers
         assert answer.headers["www-authenticate"] == "Bearer"
         body = answer.json()
         assert body["kind"] == "auth" and "Authorization: Bearer <token>" in body["error"]
-    assert client.post("/query", content=b"{}").status_code == 401
+        seen.append(str(answer.status_code))
+    posted = client.post("/query", content=b"{}")
+    assert posted.status_code == 401
+    record_property("observed", f"GET /jobs: {', '.join(seen)} (WWW-Authenticate: "
+                                f"{answer.headers['www-authenticate']}), {body['error'][:100]}; "
+                                f"POST /query: {posted.status_code}")
 
 
-def test_wrong_token_is_403_and_right_tokens_pass(client: TestClient) -> None:
+@pytest.mark.fault("wrong bearer token (a valid token's prefix plus more)")
+def test_wrong_token_is_403_and_right_tokens_pass(client: TestClient, record_property) -> None:
     wrong = client.get("/jobs", headers={"Authorization": "Bearer alpha-token-but-longer"})
     assert wrong.status_code == 403 and "not valid" in wrong.json()["error"] and "www-authenticate" not in wrong.headers
+    record_property("observed", f"{wrong.status_code}: {wrong.json()['error'][:160]}")
     for token in ("alpha-token", "beta-token"):
         assert client.get("/jobs", headers={"Authorization": f"Bearer {token}"}).json() == {"data": []}
     assert client.post("/query", content=b"{}", headers={"Authorization": "bearer beta-token"}).json() == {"got": 2}
@@ -81,24 +90,31 @@ def test_no_tokens_means_open() -> None:
     assert client.get("/jobs").status_code == 200
 
 
-def test_tokens_file_and_env_together(tmp_path: Path) -> None:
+@pytest.mark.fault("a tokens file's comment line sent as the token")
+def test_tokens_file_and_env_together(tmp_path: Path, record_property) -> None:
     file = tmp_path / "tokens"
     file.write_text("# rotated 2024-05\nfile-token-1\n\n  file-token-2  \n")
     config = settings(api_tokens="env-token", api_tokens_file=file)
     assert load_tokens(config) == ["env-token", "file-token-1", "file-token-2"]
     client = TestClient(make_app(config))
     assert client.get("/jobs", headers={"Authorization": "Bearer file-token-2"}).status_code == 200
-    assert client.get("/jobs", headers={"Authorization": "Bearer # rotated 2024-05"}).status_code == 403
+    comment = client.get("/jobs", headers={"Authorization": "Bearer # rotated 2024-05"})
+    assert comment.status_code == 403
+    record_property("observed", f"{comment.status_code}: {comment.json()['error'][:160]}")
 
 
-def test_an_unusable_token_setting_fails_closed(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="can't be read"):
+@pytest.mark.fault("tokens file missing; tokens file with only a comment; SCARCHES_API_TOKENS of blanks")
+def test_an_unusable_token_setting_fails_closed(tmp_path: Path, record_property) -> None:
+    with pytest.raises(ConfigError, match="can't be read") as missing:
         load_tokens(settings(api_tokens_file=tmp_path / "missing"))
     (tmp_path / "empty").write_text("# nothing yet\n")
-    with pytest.raises(ConfigError, match="holds no token"):
+    with pytest.raises(ConfigError, match="holds no token") as empty:
         load_tokens(settings(api_tokens_file=tmp_path / "empty"))
-    with pytest.raises(ConfigError, match="holds no token"):
+    with pytest.raises(ConfigError, match="holds no token") as blank:
         load_tokens(settings(api_tokens=" , "))
+    errors = [e.value for e in (missing, empty, blank)]
+    texts = [f"{type(e).__name__}: {str(e).replace(f'{tmp_path}/', '')[:50]}" for e in errors]
+    record_property("observed", "; ".join(texts))
 
 
 def test_secret_str_tokens_are_read() -> None:

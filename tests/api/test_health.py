@@ -26,10 +26,12 @@ def test_liveness_and_local_readiness(local_settings, tmp_path: Path) -> None:
         assert ready.json() == {"status": "ready", "storage": f"local folder {(tmp_path / 'store').resolve()}"}
 
 
-def test_unknown_route_keeps_the_error_shape(local_settings) -> None:
+@pytest.mark.fault("unknown route (GET /no-such-endpoint)")
+def test_unknown_route_keeps_the_error_shape(local_settings, record_property) -> None:
     with TestClient(create_app(local_settings)) as client:
         response = client.get("/no-such-endpoint")
         assert response.status_code == 404 and response.json() == {"error": "Not Found", "kind": "http"}
+        record_property("observed", f"{response.status_code}: {response.text[:160]}")
 
 
 def test_openapi_shows_the_config_schema_with_defaults(local_settings) -> None:
@@ -52,7 +54,8 @@ def test_readiness_with_s3(api) -> None:
 
 
 @pytest.mark.s3
-def test_readiness_fails_with_wrong_credentials(make_s3_settings) -> None:
+@pytest.mark.fault("wrong S3 secret key (readiness)")
+def test_readiness_fails_with_wrong_credentials(make_s3_settings, record_property) -> None:
     # The server checks signatures: the wrong secret is refused, and readiness says so (no secret in the answer).
     settings = make_s3_settings(AWS_SECRET_KEY="wrong-secret")
     with TestClient(create_app(settings)) as client:
@@ -60,14 +63,19 @@ def test_readiness_fails_with_wrong_credentials(make_s3_settings) -> None:
     assert response.status_code == 503
     body = response.json()
     assert body["kind"] == "storage" and "AWS_SECRET_KEY" in body["error"] and "wrong-secret" not in response.text
+    record_property("observed", f"{response.status_code} {body['kind']}: {body['error'][:160]}")
 
 
 @pytest.mark.s3
-def test_readiness_fails_without_the_bucket_or_server(make_s3_settings) -> None:
+@pytest.mark.fault("S3 bucket that does not exist; S3 endpoint where nothing listens (readiness)")
+def test_readiness_fails_without_the_bucket_or_server(make_s3_settings, record_property) -> None:
+    seen: list[str] = []
     for env in ({"AWS_BUCKET": "no-such-bucket"}, {"AWS_ENDPOINT": f"http://127.0.0.1:{free_ports(1)[0]}"}):
         with TestClient(create_app(make_s3_settings(**env))) as client:
             response = client.get("/readiness")
         assert response.status_code == 503 and response.json()["kind"] == "storage"
+        seen.append(f"{response.status_code} {response.json()['kind']}: {response.json()['error'][:70]}")
+    record_property("observed", "; ".join(seen))
 
 
 def test_serve_runs_gunicorn_with_uvicorn_workers(tmp_path: Path) -> None:

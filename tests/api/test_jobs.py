@@ -14,8 +14,9 @@ STAGES = {"fetch", "check", "reference", "align", "surgery", "train", "predict",
 
 @pytest.mark.s3
 @pytest.mark.slow
+@pytest.mark.fault("async job on a broken query .h5ad, queued behind the README example")
 def test_readme_example_async_scanvi_with_webhook(
-    api, s3_server, receiver, readme_body, keys, wait_job, read_table, check_table
+    api, s3_server, receiver, readme_body, keys, wait_job, read_table, check_table, record_property
 ) -> None:
     body = readme_body("readme-async", model="scANVI", debug=False, **{"async": True})
     failing = readme_body("async-broken", query_data=keys["broken"], model_path=None, **{"async": True})
@@ -67,10 +68,15 @@ def test_readme_example_async_scanvi_with_webhook(
     assert hook.json["status"] == "failed" and hook.json["job_id"] == second["job_id"]
     assert "broken.h5ad" in hook.json["error"]["error"] and hook.json["result"] is None
     assert "Contents" not in s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix="results/async-broken/")
+    record_property("observed", f"job {failed['status']} at stage {failed['stage']} ({failed['error']['kind']}): "
+                                f"{failed['error']['error'][:100]}; webhook got status {hook.json['status']}")
 
 
 @pytest.mark.s3
-def test_failed_sync_job_answers_with_its_error_and_calls_the_webhook(api, receiver, keys, wait_job) -> None:
+@pytest.mark.fault("sync job on a broken query .h5ad (the job fails)")
+def test_failed_sync_job_answers_with_its_error_and_calls_the_webhook(
+    api, receiver, keys, wait_job, record_property
+) -> None:
     body = {
         "atlas": "liu_demo",
         "reference_data": keys["reference"],
@@ -88,9 +94,12 @@ def test_failed_sync_job_answers_with_its_error_and_calls_the_webhook(api, recei
     assert job["status"] == "failed" and job["mode"] == "sync"
     (hook,) = receiver.wait_for("/hook/sync-broken", timeout=30)
     assert hook.json["status"] == "failed" and hook.json["error"]["kind"] == "input"
+    record_property("observed", f"{response.status_code} {error['kind']}: {error['error'][:100]}; job {job['status']}; "
+                                f"webhook got {hook.json['status']}")
 
 
-def test_job_listing_and_unknown_job(local_settings) -> None:
+@pytest.mark.fault("unknown job id; unknown status filter on GET /jobs")
+def test_job_listing_and_unknown_job(local_settings, record_property) -> None:
     app = create_app(local_settings)
     store = app.state.job_store
     first = store.create({"model": "scVI"}, mode="sync")
@@ -104,4 +113,7 @@ def test_job_listing_and_unknown_job(local_settings) -> None:
         assert (job["status"], job["mode"], job["config"], job["stage"]) == ("queued", "sync", {"model": "scVI"}, None)
         missing = client.get("/jobs/no-such-job")
         assert missing.status_code == 404 and missing.json()["kind"] == "not_found"
-        assert client.get("/jobs", params={"status": "sleeping"}).status_code == 422
+        sleeping = client.get("/jobs", params={"status": "sleeping"})
+        assert sleeping.status_code == 422
+        record_property("observed", f"/jobs/no-such-job: {missing.status_code} {missing.json()['kind']}: "
+                                    f"{missing.json()['error'][:80]}; status=sleeping: {sleeping.status_code}")

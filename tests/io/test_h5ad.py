@@ -9,34 +9,42 @@ from scarches_api.io.h5ad import is_counts, read_h5ad, require_obs_key, use_coun
 from scarches_api.io.table import read_table, separator_for, write_table
 
 
-def test_unreadable_file_is_named(tmp_path):
+@pytest.mark.fault("unreadable .h5ad (a CSV under an .h5ad name)")
+def test_unreadable_file_is_named(tmp_path, record_property):
     bad = tmp_path / "query.h5ad"
     bad.write_bytes(b"this is a CSV, not HDF5\n1,2,3\n")
-    with pytest.raises(InputDataError, match="query data: query.h5ad is not a readable .h5ad file"):
+    with pytest.raises(InputDataError, match="query data: query.h5ad is not a readable .h5ad file") as err:
         read_h5ad(bad, role="query")
+    record_property("observed", f"{type(err.value).__name__}: {str(err.value)[:160]}")
 
 
-def test_truncated_file_is_an_input_error(tmp_path):
+@pytest.mark.fault("truncated .h5ad (cut in half)")
+def test_truncated_file_is_an_input_error(tmp_path, record_property):
     reference, _ = liu_split(50)
     path = tmp_path / "ref.h5ad"
     reference.write_h5ad(path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(InputDataError, match="not a readable .h5ad"):
+    with pytest.raises(InputDataError, match="not a readable .h5ad") as err:
         read_h5ad(path, role="reference")
+    record_property("observed", f"{type(err.value).__name__}: {str(err.value)[:160]}")
 
 
-def test_missing_file_is_named(tmp_path):
-    with pytest.raises(InputDataError, match="does not exist"):
+@pytest.mark.fault("missing .h5ad file")
+def test_missing_file_is_named(tmp_path, record_property):
+    with pytest.raises(InputDataError, match="does not exist") as err:
         read_h5ad(tmp_path / "nope.h5ad", role="reference")
+    record_property("observed", f"{type(err.value).__name__}: {str(err.value).replace(f'{tmp_path}/', '')[:160]}")
 
 
-def test_real_counts_are_recognised_and_log_normalised_data_refused():
+@pytest.mark.fault("log-normalised data given instead of raw counts")
+def test_real_counts_are_recognised_and_log_normalised_data_refused(record_property):
     reference, _ = liu_split(50)
     assert is_counts(reference.X)
     logged = reference.copy()
     logged.X = sp.csr_matrix(np.log1p(logged.X.toarray() / logged.X.toarray().sum(1, keepdims=True) * 1e4))
-    with pytest.raises(InputDataError, match="does not hold raw counts.*log-transformed"):
+    with pytest.raises(InputDataError, match="does not hold raw counts.*log-transformed") as err:
         use_counts(logged, role="query")
+    record_property("observed", f"{type(err.value).__name__}: {str(err.value)[:160]}")
 
 
 def test_counts_are_taken_from_a_counts_layer_or_raw():
@@ -51,10 +59,12 @@ def test_counts_are_taken_from_a_counts_layer_or_raw():
     assert use_counts(with_raw, role="query") == "raw.X"
 
 
-def test_missing_obs_key_names_the_config_key_and_the_columns():
+@pytest.mark.fault("configured obs key missing from the data")
+def test_missing_obs_key_names_the_config_key_and_the_columns(record_property):
     reference, _ = liu_split(20)
-    with pytest.raises(InputDataError, match="no obs column 'study' \\(config key 'condition_key'\\).*Batch"):
+    with pytest.raises(InputDataError, match="no obs column 'study' \\(config key 'condition_key'\\).*Batch") as err:
         require_obs_key(reference, "study", role="reference", config_key="condition_key")
+    record_property("observed", f"{type(err.value).__name__}: {str(err.value)[:160]}")
 
 
 def test_table_separator_follows_the_extension(tmp_path):

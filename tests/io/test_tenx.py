@@ -78,18 +78,28 @@ def test_read_input_dispatches_on_content(query, tmp_path):
     assert read_input(tmp_path / "counts.data", "query").uns["input_format"] == "10x_h5_v3"
 
 
-def test_unreadable_inputs_are_named(query, tmp_path):
+@pytest.mark.fault("input in no accepted format (CSV), truncated 10x .h5, HDF5 without a 10x layout, missing .h5")
+def test_unreadable_inputs_are_named(query, tmp_path, record_property):
+    seen = []
     csv = tmp_path / "query.csv"
     csv.write_text("gene,cell1\nCD3E,4\n")
-    with pytest.raises(InputDataError, match=r"query.csv is in no accepted format.*\.h5ad.*filtered_feature_bc_matrix\.h5"):
+    with pytest.raises(
+        InputDataError, match=r"query.csv is in no accepted format.*\.h5ad.*filtered_feature_bc_matrix\.h5"
+    ) as err:
         read_input(csv, "query")
+    seen.append(str(err.value))
     h5 = write_10x_h5(query, tmp_path / "broken.h5")
     h5.write_bytes(h5.read_bytes()[: h5.stat().st_size // 2])
-    with pytest.raises(InputDataError, match="broken.h5 is not a readable 10x Genomics .h5 file"):
+    with pytest.raises(InputDataError, match="broken.h5 is not a readable 10x Genomics .h5 file") as err:
         read_input(h5, "query")
+    seen.append(str(err.value))
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["something"] = np.arange(3)
-    with pytest.raises(InputDataError, match="other.h5 is not a readable 10x Genomics .h5 file.*Cell Ranger"):
+    with pytest.raises(InputDataError, match="other.h5 is not a readable 10x Genomics .h5 file.*Cell Ranger") as err:
         read_input(tmp_path / "other.h5", "query")
-    with pytest.raises(InputDataError, match="does not exist"):
+    seen.append(str(err.value))
+    with pytest.raises(InputDataError, match="does not exist") as err:
         read_input(tmp_path / "nope.h5", "query")
+    seen.append(str(err.value))
+    short = [text.replace(f"{tmp_path}/", "").split(": ", 1)[-1][:45] for text in seen]  # no role, no temp folder
+    record_property("observed", "; ".join(short))

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from helpers import wait_for  # noqa: F401 - the engine tests import it from here
 from scarches_api.config import Settings
 from scarches_api.jobs.engine import worker_env
 from webhook_receiver import WebhookReceiver
@@ -120,18 +121,6 @@ def kill_group(pgid: int, sig: int) -> None:
 
 
 # --- waiting --------------------------------------------------------------------------------------------------------
-def wait_for(client: httpx.Client, job_id: str, predicate: Callable[[dict], bool], *, timeout: float, what: str) -> dict:
-    """Poll GET /jobs/{id} until ``predicate(job)``; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    job: dict = {}
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id}: not {what} within {timeout} s: {json.dumps(job)[:2000]}")
-
-
 def final(job: dict) -> bool:
     return job["status"] in ("done", "failed", "cancelled")
 

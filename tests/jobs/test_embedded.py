@@ -91,7 +91,8 @@ def test_cancelling_a_queued_and_a_running_job(embedded, receiver, tiny_store) -
     assert work_dirs(embedded, running) == []
 
 
-def test_a_job_survives_its_worker_being_sigkilled(embedded, receiver, tiny_store) -> None:
+@pytest.mark.fault("embedded worker and its pool SIGKILLed while a job trains")
+def test_a_job_survives_its_worker_being_sigkilled(embedded, receiver, tiny_store, record_property) -> None:
     supervisor = embedded.app.state.engine.embedded
     with embedded.client() as client:
         job_id = client.post("/query", json=body("emb-kill", receiver, scvi_max_epochs_query=15)).json()["job_id"]
@@ -100,6 +101,9 @@ def test_a_job_survives_its_worker_being_sigkilled(embedded, receiver, tiny_stor
         os.killpg(supervisor.process.pid, signal.SIGKILL)  # the worker and its pool processes: the machine died
         job = wait_for(client, job_id, final, timeout=240, what="final after the kill")
         (hook,) = receiver.wait_for("/hook/emb-kill", timeout=30)
+    record_property("observed", f"worker restarted ({supervisor.starts - starts}x); job {job['status']} after "
+                                f"{job['attempts']} attempts; published {outputs(tiny_store, 'emb-kill')}; webhook "
+                                f"{hook.json['status']}")
     assert job["status"] == "done", job
     assert job["attempts"] == 2 and supervisor.starts == starts + 1
     assert job["result"]["output_path"] == "results/emb-kill/cells.tsv"
@@ -108,3 +112,29 @@ def test_a_job_survives_its_worker_being_sigkilled(embedded, receiver, tiny_stor
     assert work_dirs(embedded, job_id) == []
     store = embedded.app.state.job_store
     assert store.get(job_id).published_attempt == 2 and store.get(job_id).requeues == 1
+
+
+@pytest.mark.fault("the same async POST sent 5 times at once with one Idempotency-Key, then with another body")
+def test_one_idempotency_key_starts_one_job(embedded, receiver, tiny_store, record_property) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    request = body("emb-idem", receiver)
+    headers = {"Idempotency-Key": "order-4711"}
+    with embedded.client() as client:
+        before = client.get("/jobs").json()["count"]
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            answers = list(pool.map(lambda _: client.post("/query", json=request, headers=headers), range(5)))
+        ids = {a.json()["job_id"] for a in answers}
+        job = wait_for(client, ids.pop(), final, timeout=240, what="final") if len(ids) == 1 else {}
+        again = client.post("/query", json=request, headers=headers)
+        other = client.post("/query", json={**request, "output_path": "results/emb-idem-2/cells.tsv"}, headers=headers)
+        after = client.get("/jobs").json()["count"]
+    record_property("observed", f"{len(answers)} answers {sorted({a.status_code for a in answers})} naming "
+                                f"{len(ids) + bool(job)} job(s); jobs listed +{after - before}; repeat after the end: "
+                                f"{again.status_code} {again.json().get('status')}; other body: {other.status_code} "
+                                f"{other.json().get('error', '')[:90]}")
+    assert [a.status_code for a in answers] == [200] * 5 and not ids and job["status"] == "done"
+    assert again.status_code == 200 and again.json()["job_id"] == job["id"] and again.json()["status"] == "done"
+    assert other.status_code == 409 and job["id"] in other.json()["error"]
+    assert after == before + 1
+    assert len(receiver.wait_for("/hook/emb-idem", timeout=30)) == 1

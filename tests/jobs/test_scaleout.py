@@ -45,8 +45,9 @@ def api(scaleout_settings: Settings) -> Iterator[LiveServer]:
         yield live
 
 
+@pytest.mark.fault("SIGKILL of the pool process running the job, then of the whole worker")
 def test_killed_pool_process_and_killed_worker_both_end_with_one_done_job(
-    api, scaleout_settings, workers, receiver, tiny_store
+    api, scaleout_settings, workers, receiver, tiny_store, record_property
 ) -> None:
     worker = workers(scaleout_settings).wait_ready()
     with api.client() as client:
@@ -71,6 +72,10 @@ def test_killed_pool_process_and_killed_worker_both_end_with_one_done_job(
     time.sleep(1.0)  # a late duplicate delivery would show here
     calls = receiver.wait_for("/hook/redis-kill", timeout=30)
     assert len(calls) == 1 and calls[0].json["status"] == "done"
+    record_property("observed", f"after pool kill: {second['status']} (attempt {second['attempts']}); "
+                                f"after worker kill: {job['status']} after {job['attempts']} attempts, "
+                                f"{record.requeues} requeue(s), published attempt {record.published_attempt}, "
+                                f"{len(calls)} webhook call(s)")
 
 
 def test_two_workers_share_ten_jobs_each_run_once(api, scaleout_settings, workers, receiver, tiny_store) -> None:
@@ -97,8 +102,9 @@ def test_two_workers_share_ten_jobs_each_run_once(api, scaleout_settings, worker
     assert sorted(line["job_id"] for line in about) == sorted(ids)
 
 
+@pytest.mark.fault("cancel that the job cannot honour in time (SCARCHES_CANCEL_GRACE=0)")
 def test_a_cancel_the_job_cannot_honour_in_time_kills_its_process(
-    tmp_path, tiny_store, redis_server, postgres_url, workers, receiver
+    tmp_path, tiny_store, redis_server, postgres_url, workers, receiver, record_property
 ) -> None:
     settings = engine_settings(
         tmp_path, tiny_store, SCARCHES_BROKER_URL=redis_server.url.rsplit("/", 1)[0] + f"/{next(_redis_dbs) % 16}",
@@ -122,6 +128,11 @@ def test_a_cancel_the_job_cannot_honour_in_time_kills_its_process(
     assert outputs(tiny_store, "redis-hard-cancel") == []
     assert not list(Path(settings.work_dir).glob(f"{job_id}*"))
     assert next_job["status"] == "done" and worker.process.poll() is None
+    hard_stop = "set" if record.hard_stop_at else "unset"
+    record_property("observed", f"DELETE {answer.status_code}; job {job['status']} at epoch "
+                                f"{record.epoch}/{record.epochs}, hard_stop_at {hard_stop}; "
+                                f"webhook {hook.json['status']}; worker alive: {worker.process.poll() is None}; "
+                                f"next job {next_job['status']}")
 
 
 def test_gpu_jobs_wait_in_their_own_queue_for_a_gpu_worker(api, scaleout_settings, workers, tiny_store) -> None:
