@@ -31,7 +31,7 @@ def test_map_writes_the_table_and_the_model(files, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["output"].endswith("out.csv") and report["summary"]["label_method"] == "blend"
+    assert report["output"].endswith("out.csv") and report["summary"]["label_method"] == "blend+smoothed"
     assert "epoch 2/2" in done.stderr  # the progress display
     table = read_table(tmp_path / "out.csv")
     assert len(table) == 300 and {"x", "y", "cell_type", "uncertainty"} <= set(table.columns)
@@ -47,13 +47,16 @@ def test_map_writes_the_table_and_the_model(files, tmp_path):
         (["condition_key=donor"], "no obs column 'donor' (config key 'condition_key')"),
     ],
 )
-def test_bad_input_exits_2_with_a_message_naming_it(files, tmp_path, args, message):
+@pytest.mark.fault("CLI map with a bad option: unknown model, misspelt key, wrong type, missing obs column")
+def test_bad_input_exits_2_with_a_message_naming_it(files, tmp_path, args, message, record_property):
     ref, query = files
     done = run_cli("map", "-r", str(ref), "-q", str(query), "-o", str(tmp_path / "out.tsv"), *args)
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out.tsv").exists()
+    line = next((line for line in done.stderr.splitlines() if message in line), done.stderr.strip())
+    record_property("observed", f"exit {done.returncode}: {line.strip()[:160]}")
 
 
 def test_every_config_key_is_listed_by_the_cli_and_documented_in_the_readme():
@@ -65,7 +68,8 @@ def test_every_config_key_is_listed_by_the_cli_and_documented_in_the_readme():
         assert f"`{key}`" in readme, f"README lacks config key {key}"
 
 
-def test_check_answers_without_training_and_exits_2_on_log_normalised_data(files, tmp_path):
+@pytest.mark.fault("CLI check on a log-normalised query")
+def test_check_answers_without_training_and_exits_2_on_log_normalised_data(files, tmp_path, record_property):
     import anndata as ad
 
     ref, query = files
@@ -78,3 +82,5 @@ def test_check_answers_without_training_and_exits_2_on_log_normalised_data(files
     report = json.loads(bad.stdout)
     assert bad.returncode == 2 and report["verdict"] == "error"
     assert any("log-normalised" in reason and "raw integer UMI counts" in reason for reason in report["reasons"])
+    reason = next(reason for reason in report["reasons"] if "log-normalised" in reason)
+    record_property("observed", f"exit {bad.returncode}, verdict {report['verdict']}: {reason[:140]}")

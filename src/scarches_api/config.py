@@ -111,6 +111,28 @@ class QueryConfig(BaseModel):
         le=1.0,
         description="A query cell whose label uncertainty (0..1) is above this is labelled unlabeled_key; null: never.",
     )
+    query_chunk_cells: int = Field(
+        50_000,
+        ge=1,
+        description="A query .h5ad of more cells than this is read this many cells at a time, keeping only the "
+        "genes the reference has (cells).",
+    )
+    novelty_false_rate: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="Share of seen-type cells from a new batch allowed past the 'novel' column's distance threshold "
+        "(calibrated per reference on its own batches; fraction).",
+    )
+    novel_as_unknown: bool = Field(
+        False, description="Also label query cells flagged novel (column 'novel') as unlabeled_key."
+    )
+    smooth_neighbors: int = Field(
+        15,
+        ge=0,
+        description="Label probabilities are averaged over each query cell and this many nearest query cells "
+        "(three passes; a soft majority vote); 0: off (cells).",
+    )
     label_method: Literal["classifier", "knn", "blend"] = Field(
         "blend",
         description="scANVI: labels from its classifier, a kNN on the latent space, or the mean of both (scVI/totalVI: kNN).",

@@ -22,9 +22,24 @@ from scarches_api.io.h5ad import require_obs_key, use_counts
 from scarches_api.io.tenx import read_input
 from scarches_api.io.table import write_atomic, write_folder_atomic, write_table
 from scarches_api.bundle import ReferenceBundle
-from scarches_api.labels import LabelCall, Neighbours, ReferenceIndex, call_labels, label_probabilities, place
+from scarches_api.labels import (
+    LabelCall,
+    Neighbours,
+    ReferenceIndex,
+    call_labels,
+    label_probabilities,
+    place,
+    smooth_over_query,
+)
 from scarches_api.models import MODELS, SurgeryModel
-from scarches_api.quality import batch_mixing, job_metrics, mapping_distance, reference_self_distances
+from scarches_api.quality import (
+    batch_mixing,
+    cross_batch_distances,
+    job_metrics,
+    mapping_distance,
+    novelty_threshold,
+    reference_self_distances,
+)
 from scarches_api.models.saved import normalise_model_path
 
 log = logging.getLogger(__name__)
@@ -75,6 +90,7 @@ class MappingState:
     embedding: np.ndarray | None = None
     imputed: pd.DataFrame | None = None
     mapping_distance: np.ndarray | None = None
+    novel: np.ndarray | None = None  # query cells farther from the reference than the calibrated threshold
     mixing: float | None = None
 
     @property
@@ -84,14 +100,36 @@ class MappingState:
 
 
 # --- check inputs -----------------------------------------------------------------------------------------------
+def genes_of(reference_genes: Any) -> Callable[[pd.DataFrame], np.ndarray]:
+    """var → mask of the query features worth reading: genes the reference has (directly or once harmonised) and
+    proteins. A large query is read keeping only these (``read_input``)."""
+    from scarches_api.genes import harmonise
+
+    wanted = {str(g) for g in reference_genes}
+
+    def keep(var: pd.DataFrame) -> np.ndarray:
+        proteins = _is_protein(var)
+        names = [str(n) for n in var.index[~proteins]]
+        mapping = harmonise(names, sorted(wanted)).mapping
+        mask = proteins.copy()
+        mask[~proteins] = [n in wanted or mapping.get(n) in wanted for n in names]
+        return mask
+
+    return keep
+
+
+def _is_protein(var: pd.DataFrame) -> np.ndarray:
+    if "feature_types" not in var.columns:
+        return np.zeros(len(var), dtype=bool)
+    return (var["feature_types"].astype(str) == _PROTEIN_FEATURE_TYPE).to_numpy()
+
+
 def split_proteins(adata: ad.AnnData, key: str) -> tuple[ad.AnnData, int]:
     """Move 'Antibody Capture' features from var into ``obsm[key]`` (a cells × proteins frame).
 
     Returns the gene-only AnnData and the number of proteins moved.
     """
-    if "feature_types" not in adata.var.columns:
-        return adata, 0
-    is_protein = (adata.var["feature_types"].astype(str) == _PROTEIN_FEATURE_TYPE).to_numpy()
+    is_protein = _is_protein(adata.var)
     if not is_protein.any():
         return adata, 0
     proteins = adata[:, is_protein]
@@ -233,13 +271,21 @@ def predict(state: MappingState) -> None:
         state.reference_latent = state.bundle.latent
         index = state.bundle.labelled_index
         own = state.bundle.self_distances(c.knn_neighbors)
+        cross = state.bundle.cross_batch_distances(c.knn_neighbors)
     else:
         state.reference_latent = family.latent(model, state.reference)
-        index = ReferenceIndex(state.reference_latent[state.labelled])
-        own = reference_self_distances(index, state.reference_latent[state.labelled], c.knn_neighbors)
+        labelled_latent = state.reference_latent[state.labelled]
+        index = ReferenceIndex(labelled_latent)
+        own = reference_self_distances(index, labelled_latent, c.knn_neighbors)
+        batches = state.reference.obs[c.condition_key].astype(str).to_numpy()[state.labelled]
+        cross = cross_batch_distances(labelled_latent, batches, c.knn_neighbors)
     state.query_latent = family.latent(model, state.query)
     state.neighbours = index.neighbours(state.query_latent, c.knn_neighbors)
-    state.mapping_distance = mapping_distance(state.neighbours.distances.mean(axis=1), own)
+    mean_distance = state.neighbours.distances.mean(axis=1)
+    state.mapping_distance = mapping_distance(mean_distance, own)
+    threshold = novelty_threshold(own, cross, c.novelty_false_rate)
+    state.novel = mean_distance > threshold["distance"]
+    state.summary["novelty"] = {**threshold, "novel_cells": int(state.novel.sum())}
     state.mixing = batch_mixing(state.query_latent, state.neighbours.distances, c.knn_neighbors, int(state.labelled.sum()))
     knn = label_probabilities(state.neighbours, ref_labels[state.labelled])
     knn.index = state.query.obs_names
@@ -252,10 +298,22 @@ def predict(state: MappingState) -> None:
         knn = knn.reindex(columns=columns, fill_value=0.0)
         state.label_candidates.update(classifier=classifier, blend=(classifier + knn) / 2)
         method = c.label_method
+    if c.smooth_neighbors:
+        smoothed = smooth_over_query(state.label_candidates[method], state.query_latent, c.smooth_neighbors)
+        method = f"{method}+smoothed"
+        state.label_candidates[method] = smoothed
     state.summary["label_method"] = method
-    state.labels = call_labels(state.label_candidates[method], unknown_label=c.unlabeled_key, threshold=c.unknown_threshold)
-    state.levels = {key: level_labels(state, key) for key in c.cell_type_keys if key != c.cell_type_key}
+    state.labels = _novel_unknown(state, call_labels(state.label_candidates[method], unknown_label=c.unlabeled_key,
+                                                     threshold=c.unknown_threshold))
+    state.levels = {key: _novel_unknown(state, level_labels(state, key)) for key in c.cell_type_keys if key != c.cell_type_key}
     state.imputed = impute(state)
+
+
+def _novel_unknown(state: MappingState, call: LabelCall) -> LabelCall:
+    """With ``novel_as_unknown``, cells flagged novel are labelled unlabeled_key (their uncertainty stays)."""
+    if state.config.novel_as_unknown:
+        call.label = np.where(state.novel, state.config.unlabeled_key, call.label)
+    return call
 
 
 def level_labels(state: MappingState, key: str) -> LabelCall:
@@ -322,6 +380,7 @@ def result_table(state: MappingState) -> pd.DataFrame:
             "predicted": ["no"] * n_ref + ["yes"] * query.n_obs,
             "uncertainty": np.concatenate([np.zeros(n_ref), labels.uncertainty]),
             "mapping_distance": np.concatenate([np.full(n_ref, np.nan), state.mapping_distance]),
+            "novel": [""] * n_ref + np.where(state.novel, "yes", "no").tolist(),
         }
     )
     for key, call in state.levels.items():
@@ -440,11 +499,14 @@ def run_mapping(
     family = MODELS[config.model](config, on_epoch=lambda i, n: report("epoch", {"epoch": i, "epochs": n}))
     stage = _Stages(report)
     with stage("check"):
+        reference_data = read_input(reference, role="reference") if reference is not None else None
+        genes = (bundle.metadata["var_names"] if bundle is not None
+                 else reference_data.var_names[~_is_protein(reference_data.var)])
         state = MappingState(
             config=config,
             family=family,
-            query=read_input(query, role="query"),
-            reference=read_input(reference, role="reference") if reference is not None else None,
+            query=read_input(query, role="query", keep=genes_of(genes), chunk_cells=config.query_chunk_cells),
+            reference=reference_data,
             bundle=bundle,
         )
         check_inputs(state)

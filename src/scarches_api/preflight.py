@@ -240,6 +240,8 @@ def preflight(
     q_genes = np.asarray(query_ad.var_names[~q_proteins_mask].astype(str))
     q_info: dict[str, Any] = {"cells": int(query_ad.n_obs), "genes": int(q_genes.size), "proteins": len(q_proteins),
                               "format": query_ad.uns.get("input_format", "AnnData")}
+    if "read_in_chunks" in query_ad.uns:  # a large query read keeping only the genes the reference has
+        q_info["read_in_chunks"] = dict(query_ad.uns["read_in_chunks"])
     q_info["counts"] = check_counts(query_ad, ~q_proteins_mask, role="query", issues=issues)
     q_info["condition_key"] = check_key(query_ad.obs, c.condition_key, role="query", config_key="condition_key",
                                         issues=issues, required=True)

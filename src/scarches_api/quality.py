@@ -27,6 +27,40 @@ def reference_self_distances(index: ReferenceIndex, latent: np.ndarray, k: int, 
     return np.sort(found.distances[:, 1:].mean(axis=1))  # the first neighbour is the cell itself
 
 
+def cross_batch_distances(
+    latent: np.ndarray, batches: np.ndarray, k: int, *, sample: int = 5_000, seed: int = 0
+) -> np.ndarray | None:
+    """Sorted mean distances of sampled reference cells to their k nearest reference cells of the *other* batches.
+
+    This is how far a cell of a type the reference has lies when it comes from a batch the reference has not seen —
+    the null distribution for calling a query cell novel. None when the reference has a single batch.
+    """
+    batches = np.asarray(batches).astype(str)
+    names = np.unique(batches)
+    if len(names) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    found = []
+    for name in names:
+        own = np.flatnonzero(batches == name)
+        rows = rng.choice(own, size=min(len(own), max(1, round(sample * len(own) / len(batches)))), replace=False)
+        others = ReferenceIndex(latent[batches != name])
+        found.append(others.neighbours(latent[rows], k).distances.mean(axis=1))
+    return np.sort(np.concatenate(found))
+
+
+def novelty_threshold(own_sorted: np.ndarray, cross_sorted: np.ndarray | None, false_rate: float) -> dict[str, Any]:
+    """The mean neighbour distance above which a query cell is called novel, and how it was calibrated.
+
+    The (1 − false_rate) quantile of the cross-batch distances: about ``false_rate`` of cells of seen types from a
+    new batch lie farther. With one reference batch, of the reference cells' own distances (stricter: no batch shift).
+    """
+    null, source = (cross_sorted, "cross-batch") if cross_sorted is not None else (own_sorted, "within-reference")
+    distance = float(np.quantile(null, 1.0 - false_rate))
+    return {"distance": distance, "mapping_distance": float(mapping_distance(np.array([distance]), own_sorted)[0]),
+            "false_rate": false_rate, "calibrated_on": source, "null_cells": int(len(null))}
+
+
 def mapping_distance(query_mean_distance: np.ndarray, reference_sorted: np.ndarray) -> np.ndarray:
     """Percentile (0..1) of each query cell's mean neighbour distance among the reference cells' own."""
     return np.searchsorted(reference_sorted, query_mean_distance, side="right") / max(len(reference_sorted), 1)
@@ -52,6 +86,7 @@ def job_metrics(table: pd.DataFrame, *, unknown_label: str, mixing: float | None
         "query_with_reference_anchor": round(float((query["mapping_distance"] <= ANCHOR_PERCENTILE).mean()), 4),
         "batch_mixing": None if mixing is None else round(mixing, 4),
         "called_unknown": round(float((query["cell_type"] == unknown_label).mean()), 4),
+        "called_novel": round(float((query["novel"] == "yes").mean()), 4) if "novel" in query.columns else None,
         "uncertainty": {q: round(float(query["uncertainty"].quantile(q)), 4) for q in (0.25, 0.5, 0.75, 0.95)},
         "labels": {str(k): int(v) for k, v in query["cell_type"].value_counts().items()},
         "timings_s": timings,

@@ -8,7 +8,7 @@ a message naming what is missing. Cell Ranger v3+ (``matrix/features``) is the t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import anndata as ad
 import h5py
@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scarches_api.errors import InputDataError
-from scarches_api.io.h5ad import read_h5ad
+from scarches_api.io.h5ad import read_h5ad, read_h5ad_columns
 
 ACCEPTED_FORMATS = ".h5ad (AnnData) or a 10x Genomics Cell Ranger filtered_feature_bc_matrix.h5"
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -150,10 +150,13 @@ def input_format(path: str | Path) -> Literal["h5ad", "10x_h5"] | None:
     return None
 
 
-def read_input(path: str | Path, role: str) -> ad.AnnData:
+def read_input(
+    path: str | Path, role: str, *, keep: Callable[[pd.DataFrame], np.ndarray] | None = None, chunk_cells: int = 0
+) -> ad.AnnData:
     """Read a query or reference in any accepted format, chosen by content (then by extension).
 
-    Sets ``uns['input_format']`` to 'h5ad', '10x_h5_v3' or '10x_h5_v2'. Raises InputDataError naming the accepted
+    Sets ``uns['input_format']`` to 'h5ad', '10x_h5_v3' or '10x_h5_v2'. With ``keep`` (var → mask), an .h5ad of more
+    than ``chunk_cells`` cells is read in chunks keeping only those genes. Raises InputDataError naming the accepted
     formats for anything else.
     """
     path = Path(path)
@@ -167,7 +170,8 @@ def read_input(path: str | Path, role: str) -> ad.AnnData:
     if kind == "10x_h5":
         return read_10x_h5(path, role)
     if kind == "h5ad":
-        adata = read_h5ad(path, role=role)
+        adata = read_h5ad_columns(path, keep, role=role, chunk_cells=chunk_cells) if keep is not None else None
+        adata = adata if adata is not None else read_h5ad(path, role=role)
         adata.uns["input_format"] = "h5ad"
         return adata
     raise InputDataError(
