@@ -204,13 +204,12 @@ def run_baseline(reference: str, query: str, model_dir: str, epochs: int, out: s
 
 def warm_bundle(bundle_dir: str | Path, config):
     """A bundle as a warm service holds it: loaded, with what its first query builds and the cache keeps — the kNN
-    index and the distance distributions that mapping distances and the novelty threshold are measured against."""
+    index and the reference's own kNN distances that mapping distances and the novelty threshold are measured against."""
     from scarches_api.bundle import read_bundle
 
     bundle = read_bundle(bundle_dir)
     bundle.labelled_index  # noqa: B018
     bundle.self_distances(config.knn_neighbors)
-    bundle.cross_batch_distances(config.knn_neighbors)
     return bundle
 
 

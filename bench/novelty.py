@@ -98,10 +98,10 @@ def main() -> None:
         lines.append(f"| {cell_type} | {row['cells']} | " + " | ".join(f"{row[n]:.3f}" for n in scores) + " |")
     nc = figures["novel_column"]
     cal = nc["calibration"]
-    lines += ["", f"`novel` column at novelty_false_rate {cal['false_rate']} (threshold calibrated on the reference's "
-              f"{cal['calibrated_on']} distances, {cal['null_cells']} cells: mean kNN distance {cal['distance']:.3f}, "
-              f"mapping_distance {cal['mapping_distance']:.3f}): flagged {nc['seen_types_flagged']:.1%} of seen-type "
-              "cells, " + ", ".join(f"{nc[t + '_flagged']:.1%} of {t}" for t in LEFT_OUT) + "."]
+    lines += ["", f"`novel` column at novelty_false_rate {cal['false_rate']} (threshold calibrated on "
+              f"{cal['calibrated_on']}, {cal['null_cells']} cells: mean kNN distance {cal['distance']:.3f}, i.e. "
+              f"mapping_distance {cal['mapping_distance']:.3f}): flagged {nc['seen_types_flagged']:.1%} of the query's "
+              "seen-type cells, " + ", ".join(f"{nc[t + '_flagged']:.1%} of {t}" for t in LEFT_OUT) + "."]
     (out / f"novelty{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

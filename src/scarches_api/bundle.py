@@ -74,16 +74,6 @@ class ReferenceBundle:
             cache[k] = reference_self_distances(self.labelled_index, self.latent[self.labelled], k)
         return cache[k]
 
-    def cross_batch_distances(self, k: int) -> np.ndarray | None:
-        """The labelled reference cells' sorted mean kNN distances to other batches (the novelty null), kept per k."""
-        from scarches_api.quality import cross_batch_distances
-
-        cache = self.__dict__.setdefault("_cross_batch_distances", {})
-        if k not in cache:
-            batches = self.obs[self.metadata["condition_key"]].astype(str).to_numpy()[self.labelled]
-            cache[k] = cross_batch_distances(self.latent[self.labelled], batches, k)
-        return cache[k]
-
 
 # --- writing ----------------------------------------------------------------------------------------------------
 def write_bundle(

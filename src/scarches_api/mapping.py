@@ -34,7 +34,6 @@ from scarches_api.labels import (
 from scarches_api.models import MODELS, SurgeryModel
 from scarches_api.quality import (
     batch_mixing,
-    cross_batch_distances,
     job_metrics,
     mapping_distance,
     novelty_threshold,
@@ -271,19 +270,16 @@ def predict(state: MappingState) -> None:
         state.reference_latent = state.bundle.latent
         index = state.bundle.labelled_index
         own = state.bundle.self_distances(c.knn_neighbors)
-        cross = state.bundle.cross_batch_distances(c.knn_neighbors)
     else:
         state.reference_latent = family.latent(model, state.reference)
         labelled_latent = state.reference_latent[state.labelled]
         index = ReferenceIndex(labelled_latent)
         own = reference_self_distances(index, labelled_latent, c.knn_neighbors)
-        batches = state.reference.obs[c.condition_key].astype(str).to_numpy()[state.labelled]
-        cross = cross_batch_distances(labelled_latent, batches, c.knn_neighbors)
     state.query_latent = family.latent(model, state.query)
     state.neighbours = index.neighbours(state.query_latent, c.knn_neighbors)
     mean_distance = state.neighbours.distances.mean(axis=1)
     state.mapping_distance = mapping_distance(mean_distance, own)
-    threshold = novelty_threshold(own, cross, c.novelty_false_rate)
+    threshold = novelty_threshold(own, c.novelty_false_rate)
     state.novel = mean_distance > threshold["distance"]
     state.summary["novelty"] = {**threshold, "novel_cells": int(state.novel.sum())}
     state.mixing = batch_mixing(state.query_latent, state.neighbours.distances, c.knn_neighbors, int(state.labelled.sum()))
@@ -383,6 +379,11 @@ def result_table(state: MappingState) -> pd.DataFrame:
             "novel": [""] * n_ref + np.where(state.novel, "yes", "no").tolist(),
         }
     )
+    # Each label source's own uncertainty, so a user can see where the classifier and the neighbours disagree.
+    for name in ("knn", "classifier"):
+        if name in state.label_candidates:
+            own = 1.0 - state.label_candidates[name].to_numpy().max(axis=1)
+            table[f"uncertainty_{name}"] = np.concatenate([np.zeros(n_ref), np.clip(own, 0.0, 1.0)])
     for key, call in state.levels.items():
         table[f"cell_type:{key}"] = np.concatenate([ref_obs[key].astype(str).to_numpy(), call.label]).astype(str)
         table[f"uncertainty:{key}"] = np.concatenate([np.zeros(n_ref), call.uncertainty])

@@ -39,6 +39,8 @@ def _palette(n: int) -> list:
     from matplotlib import colormaps
 
     base = list(colormaps["tab20"].colors) + list(colormaps["tab20b"].colors) + list(colormaps["tab20c"].colors)
+    # No greys: the reference cells are drawn grey behind the query.
+    base = [c for c in base if max(c) - min(c) > 0.05]
     return [base[i % len(base)] for i in range(n)]
 
 
