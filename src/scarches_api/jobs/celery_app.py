@@ -87,8 +87,11 @@ def make_celery(settings: Settings) -> Celery:
         folders = embedded_folders(settings)
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
+        from scarches_api.jobs.fs_transport import SCHEME  # registers the transport with kombu
+
         conf.update(
-            broker_url="filesystem://",
+            # kombu's filesystem transport, with message files renamed into place once written (jobs/fs_transport.py).
+            broker_url=f"{SCHEME}://",
             broker_transport_options={
                 # One folder both ways: producers (the API) write where the worker reads.
                 "data_folder_in": str(folders["queue"]),
