@@ -27,19 +27,34 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     _FAULTS.append({"fault": marker.args[0], "observed": str(observed), "result": result, "test": item.nodeid})
 
 
-def fault_table(rows: list[dict[str, str]]) -> str:
-    def cell(text: str) -> str:
-        return " ".join(text.split()).replace("|", "\\|")
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
 
-    lines = [FAULT_TABLE_HEADER, "|---|---|---|---|"]
-    lines += [f"| {cell(r['fault'])} | {cell(r['observed'])} | {r['result']} | `{r['test']}` |" for r in rows]
-    return "\n".join(lines) + "\n"
+
+def _row(r: dict[str, str]) -> str:
+    return f"| {_cell(r['fault'])} | {_cell(r['observed'])} | {r['result']} | `{r['test']}` |"
+
+
+def _test_of(line: str) -> str:
+    return line.rsplit("`", 2)[1]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Write the rows of this run's fault tests; rows of fault tests this run did not run are kept as they were
+    (so running one file with SCARCHES_FAULT_TABLE set updates its rows only)."""
     target = os.environ.get("SCARCHES_FAULT_TABLE")
     if not target or not _FAULTS:
         return
     path = Path(target)
-    intro = path.read_text().split(FAULT_TABLE_HEADER)[0] if path.exists() else "# Faults and bad inputs tried\n\n"
-    path.write_text(intro + fault_table(sorted(_FAULTS, key=lambda r: r["test"])))
+    text = path.read_text() if path.exists() else "# Faults and bad inputs tried\n\n"
+    intro, _, table = text.partition(FAULT_TABLE_HEADER)
+    rows: dict[str, list[str]] = {}  # by test id; a test may have several rows (schemathesis: one per operation)
+    for line in table.splitlines():
+        if line.startswith("| ") and "`" in line:
+            rows.setdefault(_test_of(line), []).append(line)
+    ran: dict[str, list[str]] = {}
+    for r in _FAULTS:
+        ran.setdefault(r["test"], []).append(_row(r))
+    rows.update(ran)
+    lines = [FAULT_TABLE_HEADER, "|---|---|---|---|", *(line for test in sorted(rows) for line in rows[test])]
+    path.write_text(intro + "\n".join(lines) + "\n")

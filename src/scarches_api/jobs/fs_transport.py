@@ -4,7 +4,7 @@ kombu 5 writes a message by opening its final name and then writing to it, while
 renames and reads any file with a matching name, without a lock: it can take a message between the two and read
 it empty or cut, and the message is lost. Seen here with 20 concurrent submissions (one job stayed queued, never
 received). This channel writes under a name the consumer ignores and renames the file into place once it is
-complete (a rename within one folder is atomic).
+complete (a rename within one folder is atomic). An exchange's table file is likewise created whole.
 """
 
 from __future__ import annotations
@@ -35,6 +35,24 @@ class Channel(filesystem.Channel):
             os.replace(staging, final)
         except OSError as exc:
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        """kombu creates an exchange's table file empty and then writes it, so a process declaring at the same moment
+        reads "" and fails; here a missing table is created whole (hard-linked into place) before kombu's update."""
+        table = self._exchange_file(exchange)
+        if not table.exists():
+            self.control_folder.mkdir(exist_ok=True)
+            staging = table.with_name(f"{table.name}.{uuid.uuid4().hex}.part")
+            entry = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+            staging.write_bytes(str_to_bytes(dumps([entry])))
+            try:
+                os.link(staging, table)
+            except FileExistsError:  # another process created it first: kombu's locked update adds this entry
+                pass
+            finally:
+                staging.unlink()
+        super()._queue_bind(exchange, routing_key, pattern, queue)
 
 
 class Transport(filesystem.Transport):
