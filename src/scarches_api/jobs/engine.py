@@ -58,6 +58,11 @@ class JobEngine:
     def start(self) -> None:
         self.reaper.start()
         if self.embedded is not None:
+            # The queues' routing tables exist before the first request: with the filesystem broker, many requests
+            # sending at once to a queue nobody has declared yet race to create its table.
+            with self.celery.connection_for_write() as conn:
+                for queue in self.celery.conf.task_queues:
+                    queue(conn.default_channel).declare()
             self.embedded.start()
             if _queued_messages(self.settings):
                 self.embedded.want()  # messages left from before a restart: serve them
