@@ -152,11 +152,17 @@ class JobStore:
 
     # --- creating and reading ---------------------------------------------------------------------------------
     def create(
-        self, config: dict[str, Any], *, mode: str = "async", job_id: str | None = None, queue: str = CPU_QUEUE
+        self, config: dict[str, Any], *, mode: str = "async", job_id: str | None = None, queue: str = CPU_QUEUE,
+        key: str | None = None,
     ) -> Job:
+        """Record a queued job; with idempotency ``key``, the key too, in the same transaction (IntegrityError when
+        the key is taken)."""
         job_id = job_id or uuid.uuid4().hex
         stamp, ts = now(), time.time()
         with self.engine.begin() as conn:
+            if key is not None:
+                conn.execute(idempotency_keys.insert().values(key=key, job_id=job_id, config_sha256=_config_sha256(config),
+                                                              created_ts=ts))
             conn.execute(
                 jobs.insert().values(
                     id=job_id, status=JobStatus.QUEUED.value, mode=mode, queue=queue, config=_dump(config),
@@ -171,26 +177,13 @@ class JobStore:
         The key and the job are inserted in one transaction, so of two requests racing with one key exactly one
         creates the job. The same key with another configuration is a JobConflictError (409).
         """
-        found = self.job_for_key(key, config)
-        if found is not None:
-            return found, False
-        job_id, digest = uuid.uuid4().hex, _config_sha256(config)
-        stamp, ts = now(), time.time()
         try:
-            with self.engine.begin() as conn:
-                conn.execute(idempotency_keys.insert().values(key=key, job_id=job_id, config_sha256=digest, created_ts=ts))
-                conn.execute(
-                    jobs.insert().values(
-                        id=job_id, status=JobStatus.QUEUED.value, mode=mode, queue=queue, config=_dump(config),
-                        created_at=stamp, updated_at=stamp, created_ts=ts, attempts=0, requeues=0, task_id=job_id,
-                    )
-                )
-        except sa.exc.IntegrityError:  # another request with this key won the race
+            return self.create(config, mode=mode, queue=queue, key=key), True
+        except sa.exc.IntegrityError:  # the key is taken: by an earlier request, or one racing this one
             found = self.job_for_key(key, config)
             if found is None:
                 raise
             return found, False
-        return self.get(job_id), True
 
     def job_for_key(self, key: str, config: dict[str, Any]) -> Job | None:
         """The job started under idempotency ``key``, or None; 409 when the key came with another configuration."""
