@@ -65,21 +65,20 @@ def label_probabilities(neighbours: Neighbours, reference_labels: np.ndarray) ->
     return pd.DataFrame(probs, columns=classes)
 
 
-def smooth_over_query(probabilities: pd.DataFrame, query_latent: np.ndarray, k: int, passes: int = 3) -> pd.DataFrame:
-    """Each query cell's label probabilities averaged with those of its k nearest query cells (latent space), repeated
-    ``passes`` times: a soft majority vote over the query's own neighbourhoods, like CellTypist's majority voting
-    but without fixing clusters. Scattered one-off calls give way to their neighbourhood's label; a group of cells
-    of a rare type that are each other's neighbours keeps its label.
+def smooth_over_query(probabilities: pd.DataFrame, query_neighbours: np.ndarray, passes: int = 3) -> pd.DataFrame:
+    """Each query cell's label probabilities averaged with those of its nearest query cells (``query_neighbours``:
+    per cell, the indices of itself and its k nearest query cells in the latent space), repeated ``passes`` times: a
+    soft majority vote over the query's own neighbourhoods, like CellTypist's majority voting but without fixing
+    clusters. Scattered one-off calls give way to their neighbourhood's label; a group of cells of a rare type that
+    are each other's neighbours keeps its label.
     """
-    n = len(query_latent)
-    if k < 1 or n < 2:
+    n, width = query_neighbours.shape
+    if width < 2 or n < 2:
         return probabilities
     import scipy.sparse as sp
 
-    found = ReferenceIndex(query_latent).neighbours(query_latent, k + 1)  # the cell itself comes first
-    cols = found.indices.ravel()
-    rows = np.repeat(np.arange(n), found.indices.shape[1])
-    average = sp.csr_matrix((np.full(cols.size, 1.0 / found.indices.shape[1]), (rows, cols)), shape=(n, n))
+    rows = np.repeat(np.arange(n), width)
+    average = sp.csr_matrix((np.full(rows.size, 1.0 / width), (rows, query_neighbours.ravel())), shape=(n, n))
     values = probabilities.to_numpy()
     for _ in range(passes):
         values = average @ values

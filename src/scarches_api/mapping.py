@@ -282,7 +282,10 @@ def predict(state: MappingState) -> None:
     threshold = novelty_threshold(own, c.novelty_false_rate)
     state.novel = mean_distance > threshold["distance"]
     state.summary["novelty"] = {**threshold, "novel_cells": int(state.novel.sum())}
-    state.mixing = batch_mixing(state.query_latent, state.neighbours.distances, c.knn_neighbors, int(state.labelled.sum()))
+    # The query's own neighbourhoods, searched once: batch mixing and the label smoothing both use them.
+    query_self = ReferenceIndex(state.query_latent).neighbours(state.query_latent, max(c.knn_neighbors, c.smooth_neighbors) + 1)
+    state.mixing = batch_mixing(query_self.distances[:, 1:], state.neighbours.distances, c.knn_neighbors,
+                                int(state.labelled.sum()))
     knn = label_probabilities(state.neighbours, ref_labels[state.labelled])
     knn.index = state.query.obs_names
     state.label_candidates = {"knn": knn}
@@ -295,7 +298,7 @@ def predict(state: MappingState) -> None:
         state.label_candidates.update(classifier=classifier, blend=(classifier + knn) / 2)
         method = c.label_method
     if c.smooth_neighbors:
-        smoothed = smooth_over_query(state.label_candidates[method], state.query_latent, c.smooth_neighbors)
+        smoothed = smooth_over_query(state.label_candidates[method], query_self.indices[:, : c.smooth_neighbors + 1])
         method = f"{method}+smoothed"
         state.label_candidates[method] = smoothed
     state.summary["label_method"] = method

@@ -46,15 +46,18 @@ def mapping_distance(query_mean_distance: np.ndarray, reference_sorted: np.ndarr
     return np.searchsorted(reference_sorted, query_mean_distance, side="right") / max(len(reference_sorted), 1)
 
 
-def batch_mixing(query_latent: np.ndarray, reference_distances: np.ndarray, k: int, n_reference: int) -> float:
+def batch_mixing(query_distances: np.ndarray, reference_distances: np.ndarray, k: int, n_reference: int) -> float:
     """Share of reference cells among each query cell's k nearest cells of reference ∪ query, over the share
-    expected if query and reference were mixed evenly (1 = well mixed, 0 = the query sits apart)."""
-    own = ReferenceIndex(query_latent).neighbours(query_latent, k + 1).distances[:, 1:]
+    expected if query and reference were mixed evenly (1 = well mixed, 0 = the query sits apart).
+
+    ``query_distances``: each query cell's sorted distances to its nearest *other* query cells (at least k of them
+    where the query has them); ``reference_distances``: to its nearest reference cells."""
+    own = query_distances[:, :k]
     merged = np.concatenate([reference_distances[:, :k], own], axis=1)
     is_reference = np.concatenate([np.ones_like(reference_distances[:, :k]), np.zeros_like(own)], axis=1)
     order = np.argsort(merged, axis=1, kind="stable")[:, :k]
     share = np.take_along_axis(is_reference, order, axis=1).mean()
-    expected = n_reference / (n_reference + len(query_latent))
+    expected = n_reference / (n_reference + len(query_distances))
     return float(min(share / expected, 1.0))
 
 
