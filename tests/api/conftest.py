@@ -48,13 +48,6 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture(scope="session")
-def receiver() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver().start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture(scope="session")
 def liu_in_s3(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Subsampled real data (150 cells per batch) uploaded to the test bucket; returns the local copies."""
     reference, query = liu_files(tmp_path_factory.mktemp("liu"), cells_per_batch=150)

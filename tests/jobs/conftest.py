@@ -14,7 +14,6 @@ from engine_helpers import BUNDLE_KEY, WorkerProcess
 from helpers import liu_files
 from servers import Server, postgres_bin, redis_binary, start_postgres, start_redis, stop_server
 from scarches_api.config import Settings
-from webhook_receiver import WebhookReceiver
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +27,6 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_reference(fast_config("scVI", n_neighbors=5), reference=reference, out_dir=store / BUNDLE_KEY)
     assert (store / BUNDLE_KEY / "metadata.json").is_file()
     return store
-
-
-@pytest.fixture(scope="session")
-def receiver() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver().start()
-    yield receiver
-    receiver.stop()
 
 
 @pytest.fixture(scope="session")
