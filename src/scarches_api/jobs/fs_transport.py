@@ -36,7 +36,6 @@ class Channel(filesystem.Channel):
         except OSError as exc:
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
 
-
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
         """kombu creates an exchange's table file empty and then writes it, so a process declaring at the same moment
         reads "" and fails; here a missing table is created whole (hard-linked into place) before kombu's update."""
